@@ -1,0 +1,99 @@
+"""Input checks shared by fmlib's modules.
+
+Every public function validates what it is given and raises a ``ValueError`` that names the argument and the value
+it got, so that bad input never turns into a silently wrong answer.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+
+__all__ = ["as_time", "check_points", "check_finite", "check_positive_int", "check_sigma_min", "check_choice"]
+
+
+def _describe(value) -> str:
+    if isinstance(value, torch.Tensor):
+        if value.numel() <= 6:
+            return f"tensor {value.detach().cpu().tolist()!r}"
+        return f"tensor of shape {tuple(value.shape)}"
+    return repr(value)
+
+
+def check_finite(name: str, value: torch.Tensor) -> None:
+    """Raise ``ValueError`` if ``value`` holds NaN or ±inf."""
+    if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+        bad = int((~torch.isfinite(value)).sum())
+        raise ValueError(f"{name} must be finite, got a tensor of shape {tuple(value.shape)} with {bad} NaN/inf entries")
+
+
+def check_points(name: str, x, dim: int | None = None) -> torch.Tensor:
+    """Check that ``x`` is a finite floating-point tensor of shape (n, d) and return it.
+
+    Raises:
+        ValueError: if ``x`` is not a tensor, not 2-D, has the wrong ``d``, is not floating point or is not finite.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor of shape (n, d), got {type(x).__name__}")
+    if x.ndim != 2:
+        raise ValueError(f"{name} must have shape (n, d), got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    if dim is not None and x.shape[1] != dim:
+        raise ValueError(f"{name} must have d = {dim} columns, got shape {tuple(x.shape)}")
+    check_finite(name, x)
+    return x
+
+
+def as_time(t, x: torch.Tensor, name: str = "t", closed: bool = True) -> torch.Tensor:
+    """Broadcast times ``t`` against points ``x`` of shape (n, d) to a tensor of shape (n, 1).
+
+    ``t`` may be a Python float, a 0-d tensor, or a tensor of shape (n,) or (n, 1). The result has the dtype and
+    device of ``x``.
+
+    Raises:
+        ValueError: if ``t`` has another shape, is not finite, or lies outside [0, 1].
+    """
+    n = x.shape[0]
+    if isinstance(t, bool) or not isinstance(t, (numbers.Real, torch.Tensor)):
+        raise ValueError(f"{name} must be a float or a tensor of times in [0, 1], got {type(t).__name__}")
+    t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+    if t.ndim == 0:
+        t = t.expand(n, 1)
+    elif t.ndim == 1 and t.shape[0] == n:
+        t = t.unsqueeze(1)
+    elif t.ndim == 2 and t.shape == (n, 1):
+        pass
+    else:
+        raise ValueError(f"{name} must be a float, a 0-d tensor, or have shape ({n},) or ({n}, 1) to match "
+                         f"x of shape {tuple(x.shape)}; got shape {tuple(t.shape)}")
+    if t.numel() > 0:
+        lo, hi = (float(v) for v in torch.aminmax(t))  # one reduction; NaN fails both comparisons below
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            check_finite(name, t)
+        if closed and not (lo >= 0 and hi <= 1):
+            raise ValueError(f"{name} must lie in [0, 1], got values in [{lo:.4g}, {hi:.4g}]")
+    return t
+
+
+def check_positive_int(name: str, value) -> int:
+    """Return ``value`` as ``int`` if it is a positive integer (not a bool, not a float), else raise ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {_describe(value)}")
+    return int(value)
+
+
+def check_sigma_min(sigma_min) -> float:
+    """Return ``sigma_min`` as ``float`` if it lies in [0, 1), else raise ``ValueError``."""
+    if isinstance(sigma_min, bool) or not isinstance(sigma_min, numbers.Real) or not (0.0 <= float(sigma_min) < 1.0):
+        raise ValueError(f"sigma_min must be a number in [0, 1), got {_describe(sigma_min)}")
+    return float(sigma_min)
+
+
+def check_choice(name: str, value, choices) -> str:
+    """Return ``value`` if it is one of ``choices``, else raise ``ValueError`` listing them."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {sorted(choices)}, got {value!r}")
+    return value
