@@ -10,6 +10,11 @@ Only ``text/html`` is emitted (not plotly's own ``application/vnd.plotly.v1+json
 use the JSON, and storing every figure twice would double the notebooks' size. In a live Jupyter front end without
 the book's plotly.js the figure shows a one-line note instead; the chapters' ipywidgets cells are the live
 equivalent, and ``fig.show()`` works there too. In Google Colab :func:`show_plotly` uses plotly's ``colab`` renderer.
+(A plain ``fig.show()`` also reaches the built book: ``_ext/fmbook_static.py`` draws plotly's JSON output.)
+
+:func:`show_animation` shows a matplotlib animation as a self-contained ``to_jshtml`` player (no CDN), and
+:func:`live_controls` wires ipywidgets sliders to a matplotlib drawing function for live notebooks (widget cells are
+tagged ``remove-cell``: the static book shows a static figure instead).
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ from __future__ import annotations
 import hashlib
 import sys
 
-__all__ = ["show_plotly", "PlotlyFigure", "density_path_figure"]
+__all__ = ["show_plotly", "PlotlyFigure", "density_path_figure", "animation_html", "show_animation",
+           "live_controls"]
 
 
 class PlotlyFigure:
@@ -35,7 +41,8 @@ class PlotlyFigure:
         import plotly.io as pio
 
         # include_plotlyjs=False: the book loads plotly.js from its own _static folder, never from a CDN
-        html = pio.to_html(self.fig, include_plotlyjs=False, full_html=False, div_id=self.div_id,
+        # auto_play=False: an animated figure waits at its first frame for the reader's slider or play button
+        html = pio.to_html(self.fig, include_plotlyjs=False, full_html=False, div_id=self.div_id, auto_play=False,
                            default_height=self.height or "100%", config={"responsive": True, "displaylogo": False})
         note = (f'<script>if (!window.Plotly) {{ document.getElementById("{self.div_id}").innerHTML = '
                 '"<em>This interactive figure is drawn by plotly.js, which the built book ships. In a live notebook '
@@ -130,7 +137,9 @@ def density_path_figure(x, y, densities, times, *, groups=None, group_label: str
     fig = go.Figure(data=heatmaps(0), frames=frames)
     slider = dict(active=0, currentvalue=dict(prefix=f"{time_label} = "), pad=dict(t=40),
                   steps=[dict(label=f"{times[k]:.3g}", method="animate",
-                              args=[[f"{times[k]:.3g}"], dict(mode="immediate", frame=dict(duration=0, redraw=True),
+                              # mode "next", not "immediate": a click fires two slider events, and an interrupted
+                              # animation rejects its promise (an uncaught error in the console)
+                              args=[[f"{times[k]:.3g}"], dict(mode="next", frame=dict(duration=0, redraw=True),
                                                               transition=dict(duration=0))])
                          for k in range(n_times)])
     menus = [dict(type="buttons", direction="left", x=0.0, y=-0.08, xanchor="left", yanchor="top", showactive=False,
@@ -147,3 +156,142 @@ def density_path_figure(x, y, densities, times, *, groups=None, group_label: str
                       xaxis=dict(title="x<sup>(1)</sup>", constrain="domain"),
                       yaxis=dict(title="x<sup>(2)</sup>", scaleanchor="x"), margin=dict(t=70, b=40))
     return fig
+
+
+# Matplotlib animations: to_jshtml, made self-contained and deterministic
+_ANIM_ICONS = {  # matplotlib's player uses Font Awesome icons from a CDN; plain characters need no network
+    "fa fa-minus": "&minus;", "fa fa-fast-backward": "|&#9664;&#9664;", "fa fa-step-backward": "|&#9664;",
+    "fa fa-play fa-flip-horizontal": "&#9664;", "fa fa-pause": "&#8214;", "fa fa-play": "&#9654;",
+    "fa fa-step-forward": "&#9654;|", "fa fa-fast-forward": "&#9654;&#9654;|", "fa fa-plus": "+",
+}
+
+
+def animation_html(anim, *, fps: float | None = None, default_mode: str = "loop") -> str:
+    """The HTML of a matplotlib animation as a player (image, frame slider, play/pause buttons) with no network needs.
+
+    It is ``anim.to_jshtml()`` (every frame embedded as a base64 PNG, so a page grows by about the size of the frames'
+    PNGs: keep figures small, e.g. ``figsize=(4, 4), dpi=72`` and 20-40 frames) with two changes: the Font Awesome
+    stylesheet that matplotlib loads from a CDN is removed (the buttons show plain characters), and the random id of
+    the player is replaced by a hash of its content, so re-executing a notebook gives the same output.
+
+    Args:
+        anim: a ``matplotlib.animation.Animation`` (e.g. ``FuncAnimation``).
+        fps: frames per second of playback; default: from the animation's interval.
+        default_mode: what happens at the last frame: "loop", "once" or "reflect".
+
+    Returns:
+        the HTML, a str.
+
+    Raises:
+        ValueError: if ``anim`` is not a matplotlib animation or ``default_mode`` is not one of the three modes,
+            or if ``fps`` is not positive.
+    """
+    import re
+
+    from matplotlib.animation import Animation
+
+    if not isinstance(anim, Animation):
+        raise ValueError(f"anim must be a matplotlib.animation.Animation, got {type(anim).__name__}")
+    if default_mode not in ("loop", "once", "reflect"):
+        raise ValueError(f"default_mode must be 'loop', 'once' or 'reflect', got {default_mode!r}")
+    if fps is not None and not fps > 0:
+        raise ValueError(f"fps must be positive, got {fps!r}")
+    html = anim.to_jshtml(fps=fps, default_mode=default_mode)
+    html = re.sub(r'<link rel="stylesheet"\s+href="[^"]*font-awesome[^"]*">', "", html)
+    html = re.sub(r'<i class="([^"]+)"></i>', lambda m: _ANIM_ICONS.get(m.group(1), ""), html)
+    ids = set(re.findall(r"_anim_img([0-9a-f]{32})", html))
+    for old in ids:
+        html = html.replace(old, hashlib.sha1(html.replace(old, "").encode()).hexdigest()[:16])
+    if re.search(r"(src|href)=\"https?:", html):
+        raise RuntimeError("the animation's HTML still loads something from the network; matplotlib's player "
+                           "template has changed, update fmlib.plotting.animation_html")
+    return html
+
+
+def show_animation(anim, *, fps: float | None = None, default_mode: str = "loop") -> None:
+    """Display a matplotlib animation as a player that works in the static book, JupyterLab and Colab.
+
+    Shows :func:`animation_html` and closes the animation's figure (so the notebook does not also show its first
+    frame as a still image). Tag the cell ``nbval-ignore-output`` if the frames' pixels may differ across platforms.
+
+    Args:
+        anim: a ``matplotlib.animation.Animation``.
+        fps, default_mode: see :func:`animation_html`.
+
+    Returns:
+        None; the player is displayed.
+
+    Raises:
+        ValueError: as :func:`animation_html`.
+    """
+    import matplotlib.pyplot as plt
+    from IPython.display import HTML, display
+
+    html = animation_html(anim, fps=fps, default_mode=default_mode)
+    plt.close(anim._fig)
+    display(HTML(html))
+
+
+def _make_control(name, spec):
+    import numbers
+
+    import ipywidgets as widgets
+
+    if isinstance(spec, widgets.ValueWidget):
+        return spec
+    if isinstance(spec, list) and len(spec) > 0:
+        return widgets.SelectionSlider(options=spec, value=spec[0], description=name, continuous_update=False)
+    if (isinstance(spec, tuple) and len(spec) in (3, 4)
+            and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in spec)):
+        lo, hi, step = spec[:3]
+        value = spec[3] if len(spec) == 4 else lo
+        if not (lo < hi and step > 0 and lo <= value <= hi):
+            raise ValueError(f"control {name}={spec!r} must satisfy min < max, step > 0 and min <= value <= max")
+        cls = widgets.IntSlider if all(isinstance(v, numbers.Integral) for v in spec) else widgets.FloatSlider
+        kwargs = {} if cls is widgets.IntSlider else {"readout_format": ".3g"}
+        return cls(min=lo, max=hi, step=step, value=value, description=name, continuous_update=False, **kwargs)
+    raise ValueError(f"control {name}={spec!r} must be a tuple (min, max, step) or (min, max, step, value), "
+                     f"a non-empty list of options, or an ipywidgets value widget")
+
+
+def live_controls(draw, **controls):
+    """Drive a matplotlib drawing function with ipywidgets sliders, in a live kernel (JupyterLab, Colab).
+
+    Each control becomes a slider; whenever one is released, ``draw(**values)`` runs again and its figure replaces
+    the previous one (``ipywidgets.interactive_output``). ``draw`` makes a new figure and ends with ``plt.show()``.
+
+    Widgets need a kernel: in the static book they would be dead. Tag such a cell ``remove-cell`` (and
+    ``nbval-ignore-output``) and show the same figure statically in a cell before it, e.g. a plotly figure with a
+    precomputed slider, or ``draw`` called once with fixed values.
+
+    Example::
+
+        live_controls(draw_marginal, t=(0.0, 1.0, 0.05, 0.5), n=[1, 2, 5, 20], sigma_min=(0.01, 0.5, 0.01, 0.1),
+                      n_steps=(1, 50, 1, 10))
+
+    Args:
+        draw: a function taking the controls' names as keyword arguments.
+        **controls: name=spec, where spec is a tuple ``(min, max, step)`` or ``(min, max, step, value)`` (an
+            ``IntSlider`` if all four are ints, else a ``FloatSlider``; the start value defaults to min), a
+            non-empty list of options (a ``SelectionSlider``), or any ipywidgets value widget.
+
+    Returns:
+        the displayed ``ipywidgets.VBox`` (controls above the figure).
+
+    Raises:
+        ValueError: if ``draw`` is not callable, no control is given, or a control's spec is malformed (the error
+            names the control).
+    """
+    import ipywidgets as widgets
+    from IPython.display import display
+
+    if not callable(draw):
+        raise ValueError(f"draw must be a callable taking the controls as keyword arguments, got {draw!r}")
+    if not controls:
+        raise ValueError("live_controls needs at least one control, e.g. t=(0.0, 1.0, 0.05)")
+    made = {name: _make_control(name, spec) for name, spec in controls.items()}
+    out = widgets.interactive_output(draw, made)
+    box = widgets.VBox([widgets.HBox(list(made.values()), layout=widgets.Layout(flex_flow="row wrap")), out])
+    display(box)
+    return box
+
