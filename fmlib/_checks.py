@@ -70,7 +70,7 @@ def as_time(t, x: torch.Tensor, name: str = "t", closed: bool = True) -> torch.T
         raise ValueError(f"{name} must be a float, a 0-d tensor, or have shape ({n},) or ({n}, 1) to match "
                          f"x of shape {tuple(x.shape)}; got shape {tuple(t.shape)}")
     if t.numel() > 0:
-        lo, hi = (float(v) for v in torch.aminmax(t))  # one reduction; NaN fails both comparisons below
+        lo, hi = (float(v) for v in torch.aminmax(t.detach()))  # one reduction; NaN fails both comparisons below
         if not (math.isfinite(lo) and math.isfinite(hi)):
             check_finite(name, t)
         if closed and not (lo >= 0 and hi <= 1):

@@ -148,8 +148,9 @@ class GaussianPath:
         t = as_time(t, x_1)
         out = self.d_sigma(t) * x_0 + self.d_alpha(t) * x_1
         if not bool(torch.isfinite(out).all()):
-            raise ValueError(f"the target of {type(self).__name__} is not finite at some t in "
-                             f"[{float(t.min()):.4g}, {float(t.max()):.4g}] (a schedule derivative is singular there)")
+            t_bad = t[~torch.isfinite(out).all(dim=1)]
+            raise ValueError(f"the target of {self!r} is not finite at t = {float(t_bad.max()):.4g} "
+                             f"(a schedule derivative is singular there)")
         return out
 
     def conditional_vector_field(self, t, x: torch.Tensor, x_1: torch.Tensor) -> torch.Tensor:

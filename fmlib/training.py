@@ -117,7 +117,7 @@ def train_cfm(model: torch.nn.Module, sample_data: Callable, *, path: GaussianPa
     d = x_check.shape[1]
     # device-side buffer of losses: avoids a host synchronisation at every step
     losses = torch.empty(n_steps, device=device)
-    bar = tqdm(range(n_steps), desc=desc, disable=not progress, mininterval=0.5, unit="step")
+    bar = tqdm(range(n_steps), desc=desc, disable=not progress, mininterval=2.0, unit="step")
     for step in bar:
         x_1 = sample_data(batch_size, generator=generator, device=device)
         loss = _cfm_loss(model, path, x_1, generator)
@@ -128,7 +128,7 @@ def train_cfm(model: torch.nn.Module, sample_data: Callable, *, path: GaussianPa
             scheduler.step()
         losses[step] = loss.detach()
         if progress and (step % 500 == 0 or step == n_steps - 1):
-            bar.set_postfix(loss=f"{float(loss):.3f}", refresh=False)
+            bar.set_postfix(loss=f"{float(losses[step]):.3f}", refresh=False)
     history = losses.cpu().tolist()
     bad = [i for i, l in enumerate(history) if not math.isfinite(l)]
     if bad:
