@@ -12,7 +12,8 @@ driving Debian's Chromium (``/usr/bin/chromium``; Playwright never downloads a b
   ``<input type="range">`` outside animation players;
 * every math element is typeset by MathJax (an ``mjx-container`` inside), and no raw ``$$``, TeX delimiters or
   figure JSON shows as text;
-* a screenshot of each page goes to ``_build/screenshots/`` for people to look at.
+* a full-page screenshot of each page goes to ``_build/screenshots/<page>.png`` for people to look at, and
+  one of each interactive figure to ``<page>.figure<i>.png``.
 
 Without Chromium, Playwright or a built book the test is skipped with instructions, except when the environment
 variable ``CI`` is set (``.ci/run``): then it fails.
@@ -41,7 +42,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
                  # WebGL (plotly's 3-D figures) on the CPU, since there is no GPU
                  "--use-angle=swiftshader", "--enable-unsafe-swiftshader"]
 SKIP_PAGES = {"search.html", "genindex.html", "py-modindex.html"}
-TIMEOUT_MS = 15_000
+TIMEOUT_MS = 60_000  # per browser operation: generous, the machine may be busy
 
 
 def _unavailable(reason: str):
@@ -240,8 +241,13 @@ def test_page(page_path, server, browser, screenshots):
             if m:
                 problems.append(f"{what} in the page text: ...{text[max(0, m.start() - 40):m.end() + 40]!r}...")
         page.wait_for_timeout(100)  # let late console messages arrive
+        stem = page_path.replace("/", "_")[:-5]
+        # each interactive figure on its own (after its slider was moved), to check at a glance that it drew; before
+        # the full-page shot, whose temporary resize makes plotly's responsive figures redraw
+        for i, element in enumerate(page.query_selector_all(".plotly-graph-div, div.animation")):
+            element.screenshot(path=str(screenshots / f"{stem}.figure{i}.png"))
         page.evaluate("() => { document.activeElement && document.activeElement.blur(); window.scrollTo(0, 0); }")
-        page.screenshot(path=str(screenshots / (page_path.replace("/", "_")[:-5] + ".png")), full_page=True)
+        page.screenshot(path=str(screenshots / f"{stem}.png"), full_page=True)
     finally:
         context.close()
     assert not problems, f"{page_path}:\n  " + "\n  ".join(dict.fromkeys(problems))
