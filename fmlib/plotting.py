@@ -337,7 +337,7 @@ def density_surface_figure(x, times, densities, *, title: str = "", x_label: str
     fig = go.Figure(go.Surface(x=x, y=times, z=d, colorscale=colorscale, colorbar=dict(title=z_label),
                                hovertemplate=f"{x_label}=%{{x:.2f}}<br>{time_label}=%{{y:.2f}}<br>{z_label}=%{{z:.3g}}"
                                              "<extra></extra>"))
-    fig.update_layout(title=title, height=height, margin=dict(l=0, r=0, t=50, b=0),
+    fig.update_layout(title=title, height=height, margin=dict(l=0, r=40, t=50, b=0),
                       scene=dict(xaxis_title=x_label, yaxis_title=time_label, zaxis_title=z_label,
                                  camera=dict(eye=dict(x=1.5, y=-1.7, z=0.9))))
     return fig
