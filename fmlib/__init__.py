@@ -3,16 +3,28 @@
 Modules (each equation's code is one hop from here):
 
 * :mod:`fmlib.paths` -- Gaussian conditional probability paths p_t(x | x_1), their flows psi_t, vector fields u_t.
+* :mod:`fmlib.marginal` -- the exact marginal path p_t(x) and vector field u_t(x) over an empirical data set.
+* :mod:`fmlib.continuity` -- the continuity equation's residual and exact divergences by autograd.
 * :mod:`fmlib.networks` -- the time-conditioned MLP vector field v_theta(t, x).
 * :mod:`fmlib.sampler` -- fixed-step Euler, midpoint and RK4 solvers from t = 0 to t = 1.
+* :mod:`fmlib.ode` -- adaptive solvers (through torchdiffeq) with evaluation counts, and log-likelihoods by the
+  instantaneous change of variables (exact or Hutchinson divergence).
 * :mod:`fmlib.training` -- the CFM loss and a tensor-wise training loop.
+* :mod:`fmlib.recipes` -- the annulus training setups of the book (the seed's and the book's best).
 * :mod:`fmlib.data` -- 2-D toy data sets (the annulus).
-* :mod:`fmlib.plotting` -- figures that work in the static book and in live notebooks (needs plotly, matplotlib).
+* :mod:`fmlib.plotting` -- figures that work in the static book and in live notebooks (show_plotly,
+  density_path_figure, density_surface_figure, show_animation, trajectory_animation, live_controls; needs plotly,
+  matplotlib and ipywidgets: ``pip install fmlib[plot]``).
+* :mod:`fmlib.utils` -- seeding and device choice.
 """
 
+from .continuity import continuity_residual, continuity_terms, divergence
 from .data import TOY_DATASETS, annulus_entropy, annulus_log_prob, get_dataset, sample_annulus
+from .marginal import EmpiricalMarginal
 from .networks import MLPVectorField
+from .ode import log_likelihood, sample_with_log_prob, solve_ode
 from .paths import GaussianPath, LinearPath, PathSample, VPDiffusionPath
+from .recipes import BEST_ANNULUS_CONFIG, SEED_ANNULUS_CONFIG, train_annulus
 from .sampler import STAGES, sample, solve
 from .training import cfm_loss, train_cfm
 from .utils import default_device, seed_everything
@@ -21,9 +33,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     "GaussianPath", "LinearPath", "VPDiffusionPath", "PathSample",
+    "EmpiricalMarginal",
+    "continuity_residual", "continuity_terms", "divergence",
     "MLPVectorField",
     "solve", "sample", "STAGES",
+    "solve_ode", "log_likelihood", "sample_with_log_prob",
     "cfm_loss", "train_cfm",
+    "SEED_ANNULUS_CONFIG", "BEST_ANNULUS_CONFIG", "train_annulus",
     "sample_annulus", "annulus_log_prob", "annulus_entropy", "TOY_DATASETS", "get_dataset",
     "seed_everything", "default_device",
 ]

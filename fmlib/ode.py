@@ -37,6 +37,7 @@ import torch
 
 from ._checks import check_choice, check_points, check_positive_int
 from .sampler import STAGES, _STEPS
+from .continuity import _divergence as exact_divergence
 
 __all__ = ["FIXED_METHODS", "ADAPTIVE_METHODS", "METHODS", "ODESolution", "LikelihoodSolution",
            "standard_normal_log_prob", "divergence", "solve_ode", "log_likelihood", "sample_with_log_prob"]
@@ -176,11 +177,7 @@ def _divergence(v, t, x, kind, probes):
         if not u.requires_grad:  # v does not depend on x (e.g. a constant field): zero divergence
             return u.detach(), torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
         if kind == "exact":
-            div = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-            for i in range(x.shape[1]):
-                g = torch.autograd.grad(u[:, i].sum(), x, retain_graph=True, allow_unused=True)[0]
-                if g is not None:
-                    div = div + g[:, i]
+            div = exact_divergence(u, x, create_graph=False)  # d backward passes (fmlib.continuity)
         else:
             div = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
             for j, eps in enumerate(probes):
