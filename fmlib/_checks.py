@@ -11,7 +11,11 @@ import numbers
 
 import torch
 
-__all__ = ["as_time", "check_points", "check_finite", "check_positive_int", "check_sigma_min", "check_choice"]
+__all__ = ["as_time", "check_points", "check_finite", "check_positive_int", "check_positive_real", "check_sigma_min",
+           "check_choice", "check_seed"]
+
+
+_INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 
 
 def _describe(value) -> str:
@@ -59,6 +63,18 @@ def as_time(t, x: torch.Tensor, name: str = "t", closed: bool = True) -> torch.T
     n = x.shape[0]
     if isinstance(t, bool) or not isinstance(t, (numbers.Real, torch.Tensor)):
         raise ValueError(f"{name} must be a float or a tensor of times in [0, 1], got {type(t).__name__}")
+    if isinstance(t, torch.Tensor):
+        if t.is_complex() or t.dtype == torch.bool or not (t.is_floating_point() or t.dtype in _INT_DTYPES):
+            raise ValueError(f"{name} must be a real (floating-point) tensor of times, got dtype {t.dtype}")
+        if t.is_floating_point() and t.numel() > 0:
+            # range check in t's own precision, before the cast to x's dtype can round 1 + 1e-9 to 1
+            lo, hi = (float(v) for v in torch.aminmax(t.detach()))
+            if math.isfinite(lo) and math.isfinite(hi) and closed and not (lo >= 0 and hi <= 1):
+                raise ValueError(f"{name} must lie in [0, 1], got values in [{lo:.10g}, {hi:.10g}]")
+    elif not math.isfinite(float(t)) or (closed and not 0 <= float(t) <= 1):
+        if math.isfinite(float(t)):
+            raise ValueError(f"{name} must lie in [0, 1], got {t!r}")
+        raise ValueError(f"{name} must be finite, got {t!r}")
     t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
     if t.ndim == 0:
         t = t.expand(n, 1)
@@ -94,6 +110,24 @@ def check_sigma_min(sigma_min) -> float:
 
 def check_choice(name: str, value, choices) -> str:
     """Return ``value`` if it is one of ``choices``, else raise ``ValueError`` listing them."""
-    if value not in choices:
+    try:
+        ok = value in choices
+    except TypeError:  # unhashable, e.g. a list
+        ok = False
+    if not ok:
         raise ValueError(f"{name} must be one of {sorted(choices)}, got {value!r}")
     return value
+
+
+def check_positive_real(name: str, value) -> float:
+    """Return ``value`` as ``float`` if it is a finite real number > 0 (numpy scalars included), else raise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {_describe(value)}")
+    return float(value)
+
+
+def check_seed(name: str, value) -> int:
+    """Return ``value`` as ``int`` if it is an integer in [0, 2**32 - 1] (numpy integers included), else raise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 <= int(value) < 2**32:
+        raise ValueError(f"{name} must be an integer in [0, 2**32 - 1], got {_describe(value)}")
+    return int(value)

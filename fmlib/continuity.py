@@ -54,6 +54,8 @@ def _call_field(v: VectorField, t: torch.Tensor, x: torch.Tensor) -> torch.Tenso
 def _divergence(u: torch.Tensor, x: torch.Tensor, create_graph: bool) -> torch.Tensor:
     """Sum of the diagonal of du/dx for u of shape (n, d) computed from x (requires_grad), shape (n,)."""
     div = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+    if not u.requires_grad:  # u does not depend on x (e.g. a constant field): zero divergence
+        return div
     for i in range(x.shape[1]):
         (g,) = torch.autograd.grad(u[:, i].sum(), x, create_graph=create_graph, retain_graph=True, allow_unused=True)
         if g is not None:  # u^(i) does not depend on x at all: its derivative is 0

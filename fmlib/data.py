@@ -7,6 +7,7 @@ shape (n, 2). New toy sets join by adding a function of that form to :data:`TOY_
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
@@ -17,8 +18,8 @@ __all__ = ["sample_annulus", "annulus_log_prob", "annulus_entropy", "TOY_DATASET
 
 def _check_radii(r_inner, r_outer):
     for name, r in (("r_inner", r_inner), ("r_outer", r_outer)):
-        if isinstance(r, bool) or not isinstance(r, (int, float)) or not math.isfinite(r):
-            raise ValueError(f"{name} must be a finite number, got {r!r}")
+        if isinstance(r, bool) or not isinstance(r, numbers.Real) or not math.isfinite(r) or abs(r) > 1e30:
+            raise ValueError(f"{name} must be a finite number of at most 1e30, got {r!r}")
     if not (0 <= r_inner < r_outer):
         raise ValueError(f"radii must satisfy 0 <= r_inner < r_outer, got r_inner={r_inner!r}, r_outer={r_outer!r}")
 
@@ -66,7 +67,8 @@ def annulus_log_prob(x: torch.Tensor, *, r_inner: float = 2.0, r_outer: float = 
     _check_radii(r_inner, r_outer)
     r = x.norm(dim=1)
     inside = (r >= r_inner) & (r <= r_outer)
-    lp = -torch.log(2 * math.pi * (r_outer - r_inner) * r.clamp_min(1e-30))
+    # the constant in Python floats, so that it cannot overflow in x's dtype
+    lp = -math.log(2 * math.pi * (r_outer - r_inner)) - torch.log(r.clamp_min(torch.finfo(r.dtype).tiny))
     return torch.where(inside, lp, torch.full_like(lp, -math.inf))
 
 

@@ -142,6 +142,9 @@ class EmpiricalMarginal:
                 if with_mean:
                     run_w = run_w * scale.unsqueeze(1) + e @ data_j
             run_max = new_max
+        if not bool(torch.isfinite(run_max).all()):
+            raise ValueError(f"x has points so far from the data that their squared distances overflow "
+                             f"{x.dtype} (largest |x| = {float(x.abs().max()):.3g}); use float64 or closer points")
         lse = run_max + torch.log(run_sum)
         return lse, (run_w / run_sum.unsqueeze(1) if with_mean else None)
 

@@ -56,9 +56,13 @@ class MLPVectorField(nn.Module):
             velocities, shape (n, d).
 
         Raises:
-            ValueError: if x is not (n, d) with d = ``dim``, or t has a shape that does not match n, is not finite,
-                or lies outside [0, 1].
+            ValueError: if x is not (n, d) with d = ``dim``, its dtype differs from the parameters', or t has a shape
+                that does not match n, is not finite, or lies outside [0, 1].
         """
         x = check_points("x", x, dim=self.dim)
+        w = self.net[0].weight
+        if x.dtype != w.dtype:
+            raise ValueError(f"x has dtype {x.dtype} but the model's parameters are {w.dtype}; convert one of them "
+                             f"(e.g. model.to({x.dtype}) or x.to({w.dtype}))")
         t = as_time(t, x)
         return self.net(torch.cat([t, x], dim=1))

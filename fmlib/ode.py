@@ -35,7 +35,7 @@ from typing import Callable, NamedTuple
 
 import torch
 
-from ._checks import check_choice, check_points, check_positive_int
+from ._checks import as_time, check_choice, check_points, check_positive_int
 from .sampler import STAGES, _STEPS
 from .continuity import _divergence as exact_divergence
 
@@ -140,6 +140,8 @@ class _Counted:
 
 def _integrate(f, y0, t_start, t_end, method, n_steps, rtol, atol):
     """Integrate dy/dt = f(t, y) for a tensor y (fixed-step, fmlib's steps) or a tuple of tensors (torchdiffeq)."""
+    if (y0[0] if isinstance(y0, tuple) else y0).shape[0] == 0:
+        return y0  # no points: nothing to integrate (an adaptive solver would fail on the empty error norm)
     if method in FIXED_METHODS:
         step = _STEPS[method]
         pack = isinstance(y0, tuple)
@@ -162,6 +164,17 @@ def _integrate(f, y0, t_start, t_end, method, n_steps, rtol, atol):
     ts = torch.tensor([t_start, t_end], dtype=torch.float64, device=(y0[0] if isinstance(y0, tuple) else y0).device)
     sol = odeint(f, y0, ts, method=method, rtol=rtol, atol=atol, options={"step_t": ts[1:]})
     return tuple(s[-1] for s in sol) if isinstance(sol, tuple) else sol[-1]
+
+
+def _log_p0(log_p0, x_0):
+    """log_p0(x_0) with a check that it is a finite-or--inf tensor of shape (n,)."""
+    if not callable(log_p0):
+        raise ValueError(f"log_p0 must be callable, mapping (n, d) points to (n,) log-densities, got {log_p0!r}")
+    out = log_p0(x_0)
+    if not isinstance(out, torch.Tensor) or out.shape != (x_0.shape[0],):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"log_p0 must return log-densities of shape ({x_0.shape[0]},), got {got}")
+    return out
 
 
 def _draw_probes(x, n_probes, probe, generator):
@@ -253,6 +266,7 @@ def divergence(v: VectorField, t, x: torch.Tensor, *, method: str = "exact", n_p
     """
     _check_v(v)
     x = check_points("x", x)
+    as_time(t, x)  # raises a ValueError for a bad t; v receives t as given
     check_choice("method", method, DIVERGENCES)
     n_probes, probes = _check_divergence_args(method, n_probes, probe, probes, x)
     if method == "hutchinson" and probes is None:
@@ -338,7 +352,7 @@ def log_likelihood(v: VectorField, x_1: torch.Tensor, method: str = "dopri5", *,
     n_probes, probes = _check_divergence_args(divergence, n_probes, probe, probes, x_1)
     x_0, integral, nfe = _solve_with_divergence(v, x_1, 1.0, 0.0, method, n_steps, rtol, atol, divergence,
                                                 n_probes, probe, probes, generator)
-    return LikelihoodSolution(x_0, log_p0(x_0) + integral, nfe)
+    return LikelihoodSolution(x_0, _log_p0(log_p0, x_0) + integral, nfe)
 
 
 def sample_with_log_prob(v: VectorField, x_0: torch.Tensor, method: str = "dopri5", *, n_steps: int | None = None,
@@ -371,4 +385,4 @@ def sample_with_log_prob(v: VectorField, x_0: torch.Tensor, method: str = "dopri
     n_probes, probes = _check_divergence_args(divergence, n_probes, probe, probes, x_0)
     x_1, integral, nfe = _solve_with_divergence(v, x_0, 0.0, 1.0, method, n_steps, rtol, atol, divergence,
                                                 n_probes, probe, probes, generator)
-    return LikelihoodSolution(x_1, log_p0(x_0) - integral, nfe)
+    return LikelihoodSolution(x_1, _log_p0(log_p0, x_0) - integral, nfe)

@@ -22,6 +22,7 @@ must lie in [0, 1].
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -202,13 +203,16 @@ class GaussianPath:
         t = as_time(t, x_1)
         sigma = self.sigma(t)
         if bool((sigma <= 0).any()):
-            raise ValueError(f"p_t(x | x_1) has no density where sigma_t = 0 (at t = 1 for {self!r})")
+            t_bad = float(t[(sigma <= 0).squeeze(1)].max())
+            raise ValueError(f"p_t(x | x_1) has no density where sigma_t = 0 (t = {t_bad:.4g} for {self!r})")
         d = x.shape[1]
         sq = ((x - self.alpha(t) * x_1) ** 2).sum(dim=1, keepdim=True)
         return (-0.5 * d * torch.log(2 * math.pi * sigma ** 2) - sq / (2 * sigma ** 2)).squeeze(1)
 
     def sample(self, x_1: torch.Tensor, t=None, x_0=None, generator: torch.Generator | None = None) -> PathSample:
-        r"""Draw :math:`t \sim U[0, 1]`, :math:`x_0 \sim \mathcal N(0, I)` and return the CFM inputs and target.
+        r"""Draw :math:`t \sim U[0, t_{max})`, :math:`x_0 \sim \mathcal N(0, I)` and return the CFM inputs and target.
+
+        ``t_max`` is 1 except for paths whose target is singular at t = 1 (:class:`VPDiffusionPath`: 1 - 1e-3).
 
         Book eq. ``eq-cfm-loss``; Lipman et al. (2023), eq. 13.
 
@@ -234,10 +238,13 @@ class GaussianPath:
             self.target(t, s.x_0, x_1)  # raises the error that names the singular time
         return s
 
+    #: drawn times are t ~ U[0, t_max); paths whose target is singular at t = 1 use t_max < 1
+    t_max: float = 1.0
+
     def _sample(self, x_1, t=None, x_0=None, generator=None) -> PathSample:
-        """:meth:`sample` without input checks, for the training loop (x_1 already checked, t drawn in [0, 1))."""
+        """:meth:`sample` without input checks, for the training loop (x_1 already checked, t drawn in [0, t_max))."""
         if t is None:
-            t = torch.rand(x_1.shape[0], 1, generator=generator, device=x_1.device, dtype=x_1.dtype)
+            t = self.t_max * torch.rand(x_1.shape[0], 1, generator=generator, device=x_1.device, dtype=x_1.dtype)
         if x_0 is None:
             x_0 = torch.randn(x_1.shape, generator=generator, device=x_1.device, dtype=x_1.dtype)
         x_t = self.sigma(t) * x_0 + self.alpha(t) * x_1
@@ -285,19 +292,23 @@ class VPDiffusionPath(GaussianPath):
     :math:`\mu_t(x_1) = \alpha_{1-t} x_1`, :math:`\sigma_t = \sqrt{1 - \alpha_{1-t}^2}` with
     :math:`\alpha_s = e^{-T(s)/2}`, :math:`T(s) = \beta_{\min} s + \tfrac12 (\beta_{\max} - \beta_{\min}) s^2`
     (book eq. ``eq-vp-path``; Lipman et al. 2023, eqs. 18-19). At t = 0 it is only approximately N(0, I)
-    (alpha_1 = exp(-T(1)/2) > 0), and at t = 1 sigma_t = 0, where its target and vector field are singular.
+    (alpha_1 = exp(-T(1)/2) > 0), and at t = 1 sigma_t = 0, where its target and vector field are singular; so
+    :meth:`sample` draws t from [0, 1 - 1e-3) (``t_max``), as diffusion models commonly stop short of the data end.
 
     Args:
-        beta_min, beta_max: noise-rate schedule, 0 <= beta_min <= beta_max (defaults 0.1 and 20, as in the paper).
+        beta_min, beta_max: noise-rate schedule, 0 <= beta_min <= beta_max, beta_max > 0 (defaults 0.1 and 20, as
+            in the paper).
 
     Raises:
-        ValueError: if the betas are not finite numbers with 0 <= beta_min <= beta_max.
+        ValueError: if the betas are not finite numbers with 0 <= beta_min <= beta_max and beta_max > 0.
     """
 
+    t_max = 1.0 - 1e-3
+
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0):
-        ok = all(isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) for b in (beta_min, beta_max))
-        if not ok or not (0 <= beta_min <= beta_max):
-            raise ValueError(f"beta_min and beta_max must be finite with 0 <= beta_min <= beta_max, "
+        ok = all(isinstance(b, numbers.Real) and not isinstance(b, bool) and math.isfinite(b) for b in (beta_min, beta_max))
+        if not ok or not (0 <= beta_min <= beta_max) or beta_max <= 0:
+            raise ValueError(f"beta_min and beta_max must be finite with 0 <= beta_min <= beta_max and beta_max > 0, "
                              f"got beta_min={beta_min!r}, beta_max={beta_max!r}")
         self.beta_min, self.beta_max = float(beta_min), float(beta_max)
 

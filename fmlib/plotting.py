@@ -136,14 +136,14 @@ def density_path_figure(x, y, densities, times, *, groups=None, group_label: str
                            colorbar=dict(title="density"), hovertemplate="x=%{x:.2f}<br>y=%{y:.2f}<br>p=%{z:.3g}")
                 for g in range(n_groups)]
 
-    frames = [go.Frame(data=heatmaps(k), name=f"{times[k]:.3g}", traces=list(range(n_groups)))
+    frames = [go.Frame(data=heatmaps(k), name=f"frame{k}", traces=list(range(n_groups)))
               for k in range(n_times)]
     fig = go.Figure(data=heatmaps(0), frames=frames)
     slider = dict(active=0, currentvalue=dict(prefix=f"{time_label} = "), pad=dict(t=40),
                   steps=[dict(label=f"{times[k]:.3g}", method="animate",
                               # mode "next", not "immediate": a click fires two slider events, and an interrupted
                               # animation rejects its promise (an uncaught error in the console)
-                              args=[[f"{times[k]:.3g}"], dict(mode="next", frame=dict(duration=0, redraw=True),
+                              args=[[f"frame{k}"], dict(mode="next", frame=dict(duration=0, redraw=True),
                                                               transition=dict(duration=0))])
                          for k in range(n_times)])
     menus = [dict(type="buttons", direction="left", x=0.0, y=-0.08, xanchor="left", yanchor="top", showactive=False,

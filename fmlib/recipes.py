@@ -23,9 +23,9 @@ from typing import NamedTuple
 
 import torch
 
-from ._checks import check_choice, check_positive_int
+from ._checks import check_choice, check_positive_int, check_positive_real, check_seed, check_sigma_min
 from .data import sample_annulus
-from .networks import MLPVectorField
+from .networks import ACTIVATIONS, MLPVectorField
 from .paths import LinearPath
 from .training import train_cfm
 
@@ -69,12 +69,13 @@ def _check_config(config) -> dict:
     if not isinstance(config, dict) or set(config) != _KEYS:
         got = sorted(config) if isinstance(config, dict) else type(config).__name__
         raise ValueError(f"config must be a dict with the keys {sorted(_KEYS)}, got {got}")
+    config = dict(config)  # the caller's dict is never modified
     for key in ("width", "depth", "batch_size", "n_steps"):
-        check_positive_int(f"config['{key}']", config[key])
-    lr = config["lr"]
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
-        raise ValueError(f"config['lr'] must be a finite number > 0, got {lr!r}")
+        config[key] = check_positive_int(f"config['{key}']", config[key])  # plain int (numpy ints too)
+    config["lr"] = check_positive_real("config['lr']", config["lr"])     # plain float
+    config["sigma_min"] = check_sigma_min(config["sigma_min"])
     check_choice("config['schedule']", config["schedule"], SCHEDULES)
+    check_choice("config['activation']", config["activation"], ACTIVATIONS)
     return config
 
 
@@ -123,9 +124,10 @@ def train_annulus(config: dict = BEST_ANNULUS_CONFIG, *, seed: int = 0, device=N
     Raises:
         ValueError: for a bad config or seed.
     """
-    config = _check_config(dict(config))
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    if not isinstance(config, dict):
+        raise ValueError(f"config must be a dict with the keys {sorted(_KEYS)}, got {type(config).__name__}")
+    config = _check_config(config)
+    seed = check_seed("seed", seed)
     device = torch.device("cpu" if device is None else device)
     path = None
     if cache_dir is not None:

@@ -46,6 +46,17 @@ _STEPS = {"euler": euler_step, "midpoint": midpoint_step, "rk4": rk4_step}
 STAGES = {"euler": 1, "midpoint": 2, "rk4": 4}
 
 
+def _checked(v):
+    """v with a check of its output's shape (a Python-level comparison: no synchronisation)."""
+    def checked_v(t, x):
+        u = v(t, x)
+        if not isinstance(u, torch.Tensor) or u.shape != x.shape:
+            got = tuple(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__
+            raise ValueError(f"v(t, x) must return a tensor of x's shape {tuple(x.shape)}, got {got}")
+        return u
+    return checked_v
+
+
 def _solve_chunk(v, x, n_steps, step, return_trajectory):
     h = 1.0 / n_steps
     traj = [x] if return_trajectory else None
@@ -69,7 +80,8 @@ def solve(v: VectorField, x_0: torch.Tensor, n_steps: int = 50, method: str = "e
         method: "euler" (order 1), "midpoint" (order 2) or "rk4" (order 4).
         return_trajectory: also return the points at all n + 1 grid times t_k = k/n, k = 0..n.
         enable_grad: record autograd through the solve (off by default: sampling needs no gradients).
-        chunk_size: number of samples integrated at once (bounds memory; results do not depend on it).
+        chunk_size: number of samples integrated at once (bounds memory; results do not depend on it beyond
+            floating-point rounding).
 
     Returns:
         x_1 of shape (n, d); or ``(x_1, trajectory)`` with trajectory of shape (n_steps + 1, n, d) when
@@ -77,7 +89,7 @@ def solve(v: VectorField, x_0: torch.Tensor, n_steps: int = 50, method: str = "e
 
     Raises:
         ValueError: if x_0 is not a finite (n, d) float tensor, n_steps or chunk_size is not a positive integer,
-            or method is unknown.
+            method is unknown, v returns another shape than x, or the solution is not finite.
     """
     x_0 = check_points("x_0", x_0)
     n_steps = check_positive_int("n_steps", n_steps)
@@ -85,6 +97,7 @@ def solve(v: VectorField, x_0: torch.Tensor, n_steps: int = 50, method: str = "e
     step = _STEPS[check_choice("method", method, _STEPS)]
     if not callable(v):
         raise ValueError(f"v must be callable as v(t, x), got {type(v).__name__}")
+    v = _checked(v)
     outs, trajs = [], []
     with torch.set_grad_enabled(enable_grad):
         for chunk in torch.split(x_0, chunk_size):
@@ -92,6 +105,9 @@ def solve(v: VectorField, x_0: torch.Tensor, n_steps: int = 50, method: str = "e
             outs.append(x_1)
             trajs.append(traj)
     x_1 = outs[0] if len(outs) == 1 else torch.cat(outs)
+    if not bool(torch.isfinite(x_1).all()):
+        raise ValueError(f"the solution is not finite: v(t, x) produced NaN/inf or the {method} solve with "
+                         f"n_steps={n_steps} diverged (try more steps)")
     if not return_trajectory:
         return x_1
     return x_1, (trajs[0] if len(trajs) == 1 else torch.cat(trajs, dim=1))

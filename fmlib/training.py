@@ -12,13 +12,13 @@ simpler and several times faster for toy data that can be drawn afresh at every 
 
 from __future__ import annotations
 
-import math
+import copy
 from typing import Callable
 
 import torch
 from tqdm import tqdm
 
-from ._checks import check_points, check_positive_int
+from ._checks import check_points, check_positive_int, check_positive_real, check_seed
 from .paths import GaussianPath, LinearPath
 
 __all__ = ["cfm_loss", "train_cfm"]
@@ -42,16 +42,32 @@ def cfm_loss(v: Callable, path: GaussianPath, x_1: torch.Tensor, generator: torc
         a scalar tensor, or shape (n,) with ``reduction="none"``.
 
     Raises:
-        ValueError: for a bad x_1 or reduction.
+        ValueError: for a bad x_1 (or an empty one with reduction="mean"), a bad reduction, a v that is not callable
+            or returns another shape than x, or a path that is not a :class:`fmlib.paths.GaussianPath`.
     """
     if reduction not in ("mean", "none"):
         raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
-    return _cfm_loss(v, path, check_points("x_1", x_1), generator, reduction)
+    _check_v_and_path(v, path)
+    x_1 = check_points("x_1", x_1)
+    if x_1.shape[0] == 0 and reduction == "mean":
+        raise ValueError("x_1 must hold at least one point for reduction='mean', got shape (0, d)")
+    return _cfm_loss(v, path, x_1, generator, reduction)
+
+
+def _check_v_and_path(v, path):
+    if not callable(v):
+        raise ValueError(f"v must be callable as v(t, x), got {type(v).__name__}")
+    if not isinstance(path, GaussianPath):
+        raise ValueError(f"path must be a GaussianPath instance such as LinearPath(sigma_min), got {path!r}")
 
 
 def _cfm_loss(v, path, x_1, generator, reduction="mean"):
     s = path._sample(x_1, generator=generator)
-    per_sample = ((v(s.t, s.x_t) - s.u_t) ** 2).sum(dim=1)
+    u = v(s.t, s.x_t)
+    if not isinstance(u, torch.Tensor) or u.shape != s.x_t.shape:
+        got = tuple(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__
+        raise ValueError(f"v(t, x) must return a tensor of x's shape {tuple(s.x_t.shape)}, got {got}")
+    per_sample = ((u - s.u_t) ** 2).sum(dim=1)
     return per_sample.mean() if reduction == "mean" else per_sample
 
 
@@ -92,14 +108,25 @@ def train_cfm(model: torch.nn.Module, sample_data: Callable, *, path: GaussianPa
         the loss at every step, a list of ``n_steps`` floats.
 
     Raises:
-        ValueError: for a non-positive n_steps or batch_size, a bad lr, a sampler whose output is not (n, d), or a
-            loss that becomes NaN/inf (the step at which it happened is named).
+        ValueError: for a non-positive n_steps or batch_size, a bad lr or seed, a model that is not an
+            ``nn.Module``, a path that is not a GaussianPath, a sampler whose output is not (batch_size, d), or a loss
+            that becomes NaN/inf (checked every 200 steps; the step is named and the model is reset to its weights
+            at the last check that passed).
     """
     n_steps = check_positive_int("n_steps", n_steps)
     batch_size = check_positive_int("batch_size", batch_size)
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
-        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    lr = check_positive_real("lr", lr)
+    if not isinstance(model, torch.nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module called as model(t, x), got {type(model).__name__}")
+    if not callable(sample_data):
+        raise ValueError(f"sample_data must be callable as sample_data(n, generator=g, device=device), "
+                         f"got {type(sample_data).__name__}")
+    if seed is not None:
+        seed = check_seed("seed", seed)
+    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+        raise ValueError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
     path = LinearPath(0.0) if path is None else path
+    _check_v_and_path(model, path)
     if device is None:
         p = next(model.parameters(), None)
         device = p.device if p is not None else torch.device("cpu")
@@ -114,12 +141,20 @@ def train_cfm(model: torch.nn.Module, sample_data: Callable, *, path: GaussianPa
         optimizer = _default_adam(model, lr)
 
     x_check = check_points("sample_data(batch_size)", sample_data(batch_size, generator=generator, device=device))
+    if x_check.shape[0] != batch_size:
+        raise ValueError(f"sample_data(batch_size) must return batch_size = {batch_size} rows, "
+                         f"got shape {tuple(x_check.shape)}")
     d = x_check.shape[1]
-    # device-side buffer of losses: avoids a host synchronisation at every step
+    # device-side buffer of losses: avoids a host synchronisation at every step; it is checked every CHECK_EVERY
+    # steps, and training stops there with the weights of the last check if a loss was not finite
     losses = torch.empty(n_steps, device=device)
+    last_good, checked = _snapshot(model, optimizer), 0
     bar = tqdm(range(n_steps), desc=desc, disable=not progress, mininterval=2.0, unit="step")
     for step in bar:
         x_1 = sample_data(batch_size, generator=generator, device=device)
+        if x_1.shape != x_check.shape:
+            raise ValueError(f"sample_data(batch_size) returned shape {tuple(x_1.shape)} at step {step}, "
+                             f"expected {tuple(x_check.shape)}")
         loss = _cfm_loss(model, path, x_1, generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -127,11 +162,29 @@ def train_cfm(model: torch.nn.Module, sample_data: Callable, *, path: GaussianPa
         if scheduler is not None:
             scheduler.step()
         losses[step] = loss.detach()
+        if step + 1 - checked >= CHECK_EVERY or step == n_steps - 1:
+            window = losses[checked:step + 1]
+            if not bool(torch.isfinite(window).all()):
+                bad = checked + int((~torch.isfinite(window)).nonzero()[0, 0])
+                _restore(model, optimizer, last_good)
+                model.eval()
+                raise ValueError(f"the loss became non-finite at step {bad} (lr={lr!r}, d={d}): the learning rate "
+                                 f"may be too large or sample_data may have returned NaN/inf or huge values; the "
+                                 f"model was reset to its weights after step {checked - 1}")
+            checked, last_good = step + 1, _snapshot(model, optimizer)
         if progress and (step % 500 == 0 or step == n_steps - 1):
             bar.set_postfix(loss=f"{float(losses[step]):.3f}", refresh=False)
-    history = losses.cpu().tolist()
-    bad = [i for i, l in enumerate(history) if not math.isfinite(l)]
-    if bad:
-        raise ValueError(f"the loss became non-finite at step {bad[0]} (lr={lr!r}, d={d}); try a smaller lr")
     model.eval()
-    return history
+    return losses.cpu().tolist()
+
+
+CHECK_EVERY = 200  # steps between checks of the loss for NaN/inf (one host synchronisation each)
+
+
+def _snapshot(model, optimizer):
+    return ({k: v.detach().clone() for k, v in model.state_dict().items()}, copy.deepcopy(optimizer.state_dict()))
+
+
+def _restore(model, optimizer, snap):
+    model.load_state_dict(snap[0])
+    optimizer.load_state_dict(snap[1])

@@ -7,7 +7,7 @@ import random
 import numpy as np
 import torch
 
-from ._checks import _describe
+from ._checks import check_seed
 
 __all__ = ["seed_everything", "default_device"]
 
@@ -16,10 +16,9 @@ def seed_everything(seed: int = 0) -> torch.Generator:
     """Seed Python's, NumPy's and torch's global generators; return a fresh ``torch.Generator`` seeded with ``seed``.
 
     Raises:
-        ValueError: if seed is not a non-negative integer.
+        ValueError: if seed is not an integer in [0, 2**32 - 1].
     """
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {_describe(seed)}")
+    seed = check_seed("seed", seed)
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
