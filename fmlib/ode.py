@@ -216,6 +216,16 @@ def _check_divergence_args(divergence, n_probes, probe, probes, x):
     return n_probes, probes
 
 
+def _check_likelihood_args(v, name, x, method, n_steps, rtol, atol, divergence, n_probes, probe, probes):
+    """The argument checks shared by :func:`log_likelihood` and :func:`sample_with_log_prob`."""
+    _check_v(v)
+    x = check_points(name, x)
+    n_steps = _check_method(method, n_steps)
+    rtol, atol = _check_tol("rtol", rtol), _check_tol("atol", atol)
+    n_probes, probes = _check_divergence_args(divergence, n_probes, probe, probes, x)
+    return x, n_steps, rtol, atol, n_probes, probes
+
+
 def _solve_with_divergence(v, x, t_start, t_end, method, n_steps, rtol, atol, divergence, n_probes, probe,
                            probes, generator):
     """Integrate x from t_start to t_end together with int_{t_start}^{t_end} div v dt; returns (x_end, int, nfe)."""
@@ -345,11 +355,8 @@ def log_likelihood(v: VectorField, x_1: torch.Tensor, method: str = "dopri5", *,
     Raises:
         ValueError: for a bad x_1, method, n_steps, tolerance, divergence, n_probes, probe or probes.
     """
-    _check_v(v)
-    x_1 = check_points("x_1", x_1)
-    n_steps = _check_method(method, n_steps)
-    rtol, atol = _check_tol("rtol", rtol), _check_tol("atol", atol)
-    n_probes, probes = _check_divergence_args(divergence, n_probes, probe, probes, x_1)
+    x_1, n_steps, rtol, atol, n_probes, probes = _check_likelihood_args(
+        v, "x_1", x_1, method, n_steps, rtol, atol, divergence, n_probes, probe, probes)
     x_0, integral, nfe = _solve_with_divergence(v, x_1, 1.0, 0.0, method, n_steps, rtol, atol, divergence,
                                                 n_probes, probe, probes, generator)
     return LikelihoodSolution(x_0, _log_p0(log_p0, x_0) + integral, nfe)
@@ -378,11 +385,8 @@ def sample_with_log_prob(v: VectorField, x_0: torch.Tensor, method: str = "dopri
     Raises:
         ValueError: as :func:`log_likelihood`, naming x_0.
     """
-    _check_v(v)
-    x_0 = check_points("x_0", x_0)
-    n_steps = _check_method(method, n_steps)
-    rtol, atol = _check_tol("rtol", rtol), _check_tol("atol", atol)
-    n_probes, probes = _check_divergence_args(divergence, n_probes, probe, probes, x_0)
+    x_0, n_steps, rtol, atol, n_probes, probes = _check_likelihood_args(
+        v, "x_0", x_0, method, n_steps, rtol, atol, divergence, n_probes, probe, probes)
     x_1, integral, nfe = _solve_with_divergence(v, x_0, 0.0, 1.0, method, n_steps, rtol, atol, divergence,
                                                 n_probes, probe, probes, generator)
     return LikelihoodSolution(x_1, _log_p0(log_p0, x_0) - integral, nfe)
