@@ -136,7 +136,10 @@ def density_path_figure(x, y, densities, times, *, groups=None, group_label: str
                            colorbar=dict(title="density"), hovertemplate="x=%{x:.2f}<br>y=%{y:.2f}<br>p=%{z:.3g}")
                 for g in range(n_groups)]
 
-    frames = [go.Frame(data=heatmaps(k), name=f"frame{k}", traces=list(range(n_groups)))
+    # frames carry only the new z values: visibility (the chosen group) and styling stay as the buttons set them,
+    # and the page stays small
+    frames = [go.Frame(data=[go.Heatmap(z=d[g, k]) for g in range(n_groups)], name=f"frame{k}",
+                       traces=list(range(n_groups)))
               for k in range(n_times)]
     fig = go.Figure(data=heatmaps(0), frames=frames)
     slider = dict(active=0, currentvalue=dict(prefix=f"{time_label} = "), pad=dict(t=40),
