@@ -1,0 +1,348 @@
+"""fmbook's benchmarks: fmlib against the seed's code and against peer libraries, side by side.
+
+Run from the repository root:
+
+    python benchmarks/run.py            # everything (a few minutes on 2 CPU cores)
+    python benchmarks/run.py --quick    # fewer repetitions and steps, for a smoke test
+
+Each comparison runs both sides in this one process, interleaved (A, B, A, B, ...; the order alternates between
+repetitions), so that machine noise hits both sides alike; ratios are reported as median with min and max over the
+repetitions. The results are printed as a table and written to ``benchmarks/results.json``, which the book's
+appendix "Benchmarks" shows. When a CUDA GPU is present, the training and sampler benchmarks also run there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import fmlib
+from fmlib import MLPVectorField, sample_annulus
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results.json"
+
+
+# --- helpers -----------------------------------------------------------------------------------------------------
+
+def _sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, device="cpu"):
+    _sync(device)
+    t0 = time.perf_counter()
+    out = fn()
+    _sync(device)
+    return time.perf_counter() - t0, out
+
+
+def spread(values):
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def interleaved(fns: dict, reps: int, device="cpu"):
+    """Time each function ``reps`` times, alternating the order every repetition. Returns name -> list of seconds."""
+    names = list(fns)
+    times = {k: [] for k in names}
+    for r in range(reps):
+        for k in (names if r % 2 == 0 else names[::-1]):
+            times[k].append(timed(fns[k], device)[0])
+    return times
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+# --- 1. training throughput --------------------------------------------------------------------------------------
+
+class AnnulusPoints(torch.utils.data.Dataset):
+    """The seed's style of data pipeline: pre-drawn points served one item at a time."""
+
+    def __init__(self, n, seed=0):
+        self.data = sample_annulus(n, generator=torch.Generator().manual_seed(seed))
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, i):
+        return self.data[i]
+
+
+def seed_style_training(n_steps, device, seed=0):
+    """Per-item Dataset + DataLoader(batch_size=256, shuffle=True), the same MLP, Adam lr 1e-2, linear path."""
+    torch.manual_seed(seed)
+    model = MLPVectorField(2).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    loader = torch.utils.data.DataLoader(AnnulusPoints(256 * n_steps, seed), batch_size=256, shuffle=True)
+    for x_1 in loader:
+        x_1 = x_1.to(device)
+        t = torch.rand(x_1.shape[0], 1, device=device)
+        x_0 = torch.randn_like(x_1)
+        x_t = (1 - t) * x_0 + t * x_1
+        loss = ((model(t, x_t) - (x_1 - x_0)) ** 2).mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    return model
+
+
+def fmlib_training(n_steps, device, seed=0):
+    torch.manual_seed(seed)
+    model = MLPVectorField(2)
+    fmlib.train_cfm(model, sample_annulus, n_steps=n_steps, batch_size=256, lr=1e-2, seed=seed, device=device,
+                    progress=False)
+    return model
+
+
+def bench_training(n_steps, reps, device):
+    times = interleaved({"seed_dataloader": lambda: seed_style_training(n_steps, device),
+                         "fmlib_train_cfm": lambda: fmlib_training(n_steps, device)}, reps, device)
+    ratios = [a / b for a, b in zip(times["seed_dataloader"], times["fmlib_train_cfm"])]
+    return {"device": str(device), "n_steps": n_steps, "reps": reps,
+            "seconds": {k: spread(v) for k, v in times.items()},
+            "ms_per_step": {k: 1e3 * statistics.median(v) / n_steps for k, v in times.items()},
+            "speedup_fmlib_vs_seed": spread(ratios), "target": ">= 2x"}
+
+
+# --- 2. sampler overhead -----------------------------------------------------------------------------------------
+
+def bare_loop(model, x_0, n_steps, method):
+    """The same fixed-step methods written inline, as one would without a library."""
+    h = 1.0 / n_steps
+    x = x_0
+    with torch.no_grad():
+        for k in range(n_steps):
+            t = torch.tensor(k * h, device=x.device)
+            if method == "euler":
+                x = x + h * model(t, x)
+            elif method == "midpoint":
+                x = x + h * model(t + h / 2, x + h / 2 * model(t, x))
+            else:
+                k1 = model(t, x)
+                k2 = model(t + h / 2, x + h / 2 * k1)
+                k3 = model(t + h / 2, x + h / 2 * k2)
+                k4 = model(t + h, x + h * k3)
+                x = x + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+    return x
+
+
+def bench_sampler(model, n_samples, n_steps, reps, device):
+    from flow_matching.solver import ODESolver
+    from torchdiffeq import odeint
+
+    model = model.to(device).eval()
+    x_0 = torch.randn(n_samples, 2, generator=torch.Generator().manual_seed(1)).to(device)
+    grid = torch.tensor([0.0, 1.0], device=device)
+    meta = ODESolver(velocity_model=lambda x, t: model(t, x))
+    out = {}
+    for method in ("euler", "midpoint", "rk4"):
+        fns = {
+            "fmlib": lambda: fmlib.solve(model, x_0, n_steps=n_steps, method=method),
+            "bare_loop": lambda: bare_loop(model, x_0, n_steps, method),
+            "torchdiffeq": lambda: _no_grad(lambda: odeint(model, x_0, grid, method=method,
+                                                           options={"step_size": 1.0 / n_steps})[-1]),
+            "flow_matching": lambda: meta.sample(x_init=x_0, step_size=1.0 / n_steps, method=method,
+                                                 time_grid=grid),
+        }
+        results = {k: f() for k, f in fns.items()}
+        times = interleaved(fns, reps, device)
+        ref = results["fmlib"]
+        out[method] = {
+            "n_steps": n_steps, "n_samples": n_samples,
+            "seconds": {k: spread(v) for k, v in times.items()},
+            "ratio_to_fmlib": {k: spread([a / b for a, b in zip(v, times["fmlib"])]) for k, v in times.items()
+                               if k != "fmlib"},
+            "max_abs_diff_to_fmlib": {k: float((v - ref).abs().max()) for k, v in results.items() if k != "fmlib"},
+        }
+    return out
+
+
+def _no_grad(fn):
+    with torch.no_grad():
+        return fn()
+
+
+# --- 3. quality ----------------------------------------------------------------------------------------------------
+
+def energy_distance(x, y):
+    """Energy distance 2 E|X - Y| - E|X - X'| - E|Y - Y'| between two samples (V-statistic), in the data's units."""
+    return float(2 * torch.cdist(x, y).mean() - torch.cdist(x, x).mean() - torch.cdist(y, y).mean())
+
+
+def sample_metrics(samples, reference, n_proj=200, seed=0):
+    import ot
+    from scipy import stats
+
+    r = samples.norm(dim=1).numpy()
+    return {
+        "inside_2_3": float(np.mean((r >= 2) & (r <= 3))),
+        "ks_radius": float(stats.kstest(r, stats.uniform(2, 1).cdf).statistic),
+        "sliced_w2": float(ot.sliced_wasserstein_distance(samples.numpy(), reference.numpy(), n_projections=n_proj,
+                                                          p=2, seed=seed)),
+        "energy": energy_distance(samples.double(), reference.double()),
+    }
+
+
+def heldout_nll(model, x, method="dopri5"):
+    """Mean negative log-likelihood (nats) of points x under the model, by fmlib.ode.log_likelihood (exact div.)."""
+    from fmlib.ode import log_likelihood
+
+    return float(-log_likelihood(model, x, method=method, rtol=1e-5, atol=1e-5).log_p.mean())
+
+
+def bench_quality(n_eval, quick):
+    from fmlib import recipes
+
+    gen = torch.Generator().manual_seed(123)
+    true_a, true_b = sample_annulus(n_eval, generator=gen), sample_annulus(n_eval, generator=gen)
+    held_out = sample_annulus(2_000 if quick else 5_000, generator=gen)
+    floor = sample_metrics(true_a, true_b)
+    floor["heldout_nll"] = fmlib.annulus_entropy()  # the exact entropy: no model can do better in expectation
+    rows = {"floor (two true samples)": floor}
+    for name, cfg in (("seed setup", recipes.SEED_ANNULUS_CONFIG), ("book's best setup", recipes.BEST_ANNULUS_CONFIG)):
+        trained = recipes.train_annulus(cfg, seed=0, progress=False)  # trained now, never from a cache
+        x = fmlib.sample(trained.model, n_eval, dim=2, n_steps=50, method="rk4",
+                         generator=torch.Generator().manual_seed(7))
+        row = sample_metrics(x, true_a)
+        row["heldout_nll"] = heldout_nll(trained.model, held_out)
+        row["train_seconds"] = trained.seconds
+        rows[name] = row
+    return {"n_eval": n_eval, "n_heldout": len(held_out), "sampler": "rk4, 50 steps", "rows": rows,
+            "entropy_floor_nats": fmlib.annulus_entropy(),
+            "configs": {"seed setup": recipes.SEED_ANNULUS_CONFIG, "book's best setup": recipes.BEST_ANNULUS_CONFIG}}
+
+
+# --- 4. book cost ------------------------------------------------------------------------------------------------
+
+def bench_book():
+    import nbformat
+    from nbclient import NotebookClient
+
+    out = {}
+    for path in sorted((ROOT / "book").glob("*.ipynb")):
+        if path.stem == "appendix_benchmarks":
+            continue  # the page that shows these results: it reads results.json, which is being written
+        nb = nbformat.read(path, as_version=4)
+        t0 = time.perf_counter()
+        NotebookClient(nb, timeout=600, kernel_name="python3",
+                       resources={"metadata": {"path": str(path.parent)}}).execute()
+        out[path.stem] = time.perf_counter() - t0
+    return {"chapter_seconds": out, "book_seconds": sum(out.values()), "target_book_seconds": 180}
+
+
+def bench_pytest():
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--nbval", "-q", "-p", "no:cacheprovider"], cwd=ROOT,
+                          capture_output=True, text=True)
+    return {"seconds": time.perf_counter() - t0, "exit_code": proc.returncode,
+            "summary": proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else "", "target_seconds": 300}
+
+
+# --- table and main ----------------------------------------------------------------------------------------------
+
+def _fmt_spread(s, unit=""):
+    return f"{s['median']:.2f}{unit} (min {s['min']:.2f}, max {s['max']:.2f})"
+
+
+def format_table(res) -> str:
+    lines = [f"fmbook benchmarks, {res['machine']['cpu']} ({res['machine']['cores']} cores), "
+             f"torch {res['machine']['torch']}, {res['date']}"]
+    for dev, tr in res.get("training", {}).items():
+        lines += ["", f"1. Training throughput on {dev}, {tr['n_steps']} steps x {tr['reps']} repetitions",
+                  f"   seed-style DataLoader loop : {tr['ms_per_step']['seed_dataloader']:.3f} ms/step",
+                  f"   fmlib.train_cfm            : {tr['ms_per_step']['fmlib_train_cfm']:.3f} ms/step",
+                  f"   speed-up (seed / fmlib)    : {_fmt_spread(tr['speedup_fmlib_vs_seed'], 'x')}   target >= 2x"]
+    for dev, sm in res.get("sampler", {}).items():
+        lines += ["", f"2. Sampler time relative to fmlib.solve on {dev} (ratio > 1: slower than fmlib), "
+                      f"max |difference| of the samples"]
+        for method, m in sm.items():
+            lines.append(f"   {method:8s} ({m['n_steps']} steps, {m['n_samples']} samples, fmlib "
+                         f"{1e3 * m['seconds']['fmlib']['median']:.1f} ms):")
+            for k, s in m["ratio_to_fmlib"].items():
+                lines.append(f"      {k:13s} {_fmt_spread(s, 'x'):38s} max diff {m['max_abs_diff_to_fmlib'][k]:.1e}")
+    if "quality" in res:
+        q = res["quality"]
+        lines += ["", f"3. Quality ({q['n_eval']} samples; floor: two independent true samples; NLL floor = entropy "
+                      f"{q['entropy_floor_nats']:.4f} nats)",
+                  f"   {'setup':26s} {'in [2,3]':>9s} {'KS':>7s} {'SW2':>8s} {'energy':>9s} {'NLL':>8s} {'train s':>8s}"]
+        for name, r in q["rows"].items():
+            ts = f"{r['train_seconds']:.1f}" if "train_seconds" in r else "-"
+            lines.append(f"   {name:26s} {r['inside_2_3']:9.4f} {r['ks_radius']:7.4f} {r['sliced_w2']:8.4f} "
+                         f"{r['energy']:9.5f} {r['heldout_nll']:8.4f} {ts:>8s}")
+    if "book" in res:
+        b = res["book"]
+        lines += ["", f"4. Book cost: whole book {b['book_seconds']:.0f} s (target <= 180 s)"]
+        lines += [f"   {k:28s} {v:6.1f} s" for k, v in b["chapter_seconds"].items()]
+    if "pytest" in res:
+        p = res["pytest"]
+        lines.append(f"   pytest --nbval: {p['seconds']:.0f} s (target <= 300 s), exit {p['exit_code']}: {p['summary']}")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer repetitions and steps (smoke test)")
+    ap.add_argument("--skip", nargs="*", default=[], choices=["training", "sampler", "quality", "book", "pytest"],
+                    help="parts to leave out")
+    ap.add_argument("--output", type=Path, default=RESULTS, help="where to write the JSON (default: %(default)s)")
+    ap.add_argument("--update", action="store_true",
+                    help="keep the parts of an existing output file that this run skips (re-measure only some parts)")
+    args = ap.parse_args(argv)
+
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    old = json.loads(args.output.read_text()) if args.update and args.output.exists() else {}
+    res = {"date": time.strftime("%Y-%m-%d"),
+           "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
+                       "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
+                       "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+           "command": "python benchmarks/run.py" + (" --quick" if args.quick else "")}
+    if torch.cuda.is_available():
+        print(f"CUDA GPU present ({res['machine']['cuda']}): the training and sampler benchmarks run there too")
+    reps = 3 if args.quick else 7
+    t_start = time.perf_counter()
+    if "training" not in args.skip:
+        res["training"] = {d: bench_training(500 if args.quick else 2000, reps, d) for d in devices}
+    if "sampler" not in args.skip:
+        model = fmlib_training(300, "cpu")
+        res["sampler"] = {d: bench_sampler(model, 10_000, 50, reps, d) for d in devices}
+    if "quality" not in args.skip:
+        res["quality"] = bench_quality(2_000 if args.quick else 10_000, args.quick)
+    if "book" not in args.skip:
+        res["book"] = bench_book()
+    if "pytest" not in args.skip:
+        res["pytest"] = bench_pytest()
+    res["total_seconds"] = time.perf_counter() - t_start
+    for part in ("training", "sampler", "quality", "book", "pytest"):
+        if part not in res and part in old:
+            res[part] = old[part]
+            res.setdefault("kept_from_earlier_run", []).append(part)
+    table = format_table(res)
+    res["table"] = table
+    print(table)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(res, indent=1) + "\n")
+    print(f"\nwrote {args.output} ({res['total_seconds']:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
