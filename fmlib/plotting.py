@@ -155,7 +155,8 @@ def density_path_figure(x, y, densities, times, *, groups=None, group_label: str
                            dict(label="pause", method="animate",
                                 args=[[None], dict(mode="immediate", frame=dict(duration=0, redraw=False))])])]
     if groups is not None:
-        menus.append(dict(type="buttons", direction="left", x=1.0, y=1.12, xanchor="right", yanchor="bottom",
+        # below the plot on the right (above it, plotly's toolbar would cover them)
+        menus.append(dict(type="buttons", direction="left", x=1.0, y=-0.08, xanchor="right", yanchor="top",
                           active=0, buttons=[dict(label=f"{group_label} = {lab}", method="restyle",
                                                   args=[{"visible": [g == i for g in range(n_groups)]}])
                                              for i, lab in enumerate(groups)]))

@@ -105,7 +105,7 @@ def train_cfm(model: torch.nn.Module, sample_data: Callable, *, path: GaussianPa
         desc: label of the progress bar.
 
     Returns:
-        the loss at every step, a list of ``n_steps`` floats.
+        the loss at every step, a list of ``n_steps`` floats. The model is left in ``eval()`` mode.
 
     Raises:
         ValueError: for a non-positive n_steps or batch_size, a bad lr or seed, a model that is not an
