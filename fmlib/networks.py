@@ -6,6 +6,9 @@ tensor of shape (n,) or (n, 1) -- the same order as ``torchdiffeq.odeint(func(t,
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 from torch import nn
 
@@ -23,25 +26,47 @@ class MLPVectorField(nn.Module):
     ``width`` units with the chosen activation and a linear output layer of size d. The defaults (3 hidden layers
     of 64 ELU units) are the annulus chapter's model.
 
+    Two options, both off by default, help a small network follow a field that changes fast in t and x (book
+    chapter "Sampling and likelihood"):
+
+    * ``time_frequencies = K`` adds the sinusoidal time features :math:`\sin(k\pi t), \cos(k\pi t)`,
+      :math:`k = 1, \dots, K`, to the input, which becomes :math:`(t, \sin \pi t, \cos \pi t, \dots, x)` of size
+      1 + 2K + d (the sinusoidal embeddings of Vaswani et al. 2017, as used for the time of diffusion models);
+    * ``residual=True`` makes every hidden layer after the first a residual block :math:`h \mapsto h +
+      a(W h + b)` (He et al. 2016), which lets deeper networks train as easily as shallow ones.
+
     Args:
         dim: dimension d of the data, a positive integer.
         width: hidden units per layer, a positive integer.
         depth: number of hidden layers, a positive integer.
         activation: one of ``ACTIVATIONS`` ("elu", "relu", "silu", "tanh", "gelu", "softplus").
+        time_frequencies: number K >= 0 of sinusoidal time frequencies (0: the input is (t, x) only).
+        residual: use residual hidden layers (a bool).
 
     Raises:
-        ValueError: for a non-positive or non-integer size, or an unknown activation name.
+        ValueError: for a non-positive or non-integer size, a negative or non-integer time_frequencies, a residual
+            that is not a bool, or an unknown activation name.
     """
 
-    def __init__(self, dim: int, width: int = 64, depth: int = 3, activation: str = "elu"):
+    def __init__(self, dim: int, width: int = 64, depth: int = 3, activation: str = "elu", *,
+                 time_frequencies: int = 0, residual: bool = False):
         super().__init__()
         self.dim = check_positive_int("dim", dim)
         width = check_positive_int("width", width)
         depth = check_positive_int("depth", depth)
         act = ACTIVATIONS[check_choice("activation", activation, ACTIVATIONS)]
-        layers: list[nn.Module] = [nn.Linear(1 + self.dim, width), act()]
+        if isinstance(time_frequencies, bool) or not isinstance(time_frequencies, numbers.Integral) \
+                or time_frequencies < 0:
+            raise ValueError(f"time_frequencies must be an integer >= 0, got {time_frequencies!r}")
+        if not isinstance(residual, bool):
+            raise ValueError(f"residual must be True or False, got {residual!r}")
+        self.time_frequencies, self.residual = int(time_frequencies), residual
+        # the angular frequencies k pi of the time features (a buffer: it follows .to(), not saved in state_dict)
+        self.register_buffer("omega", math.pi * torch.arange(1, self.time_frequencies + 1, dtype=torch.float32),
+                             persistent=False)
+        layers: list[nn.Module] = [nn.Linear(1 + 2 * self.time_frequencies + self.dim, width), act()]
         for _ in range(depth - 1):
-            layers += [nn.Linear(width, width), act()]
+            layers += [_ResidualBlock(width, act())] if residual else [nn.Linear(width, width), act()]
         layers.append(nn.Linear(width, self.dim))
         self.net = nn.Sequential(*layers)
 
@@ -65,4 +90,18 @@ class MLPVectorField(nn.Module):
             raise ValueError(f"x has dtype {x.dtype} but the model's parameters are {w.dtype}; convert one of them "
                              f"(e.g. model.to({x.dtype}) or x.to({w.dtype}))")
         t = as_time(t, x)
+        if self.time_frequencies:
+            angles = t * self.omega.to(t.dtype)  # (n, K)
+            return self.net(torch.cat([t, torch.sin(angles), torch.cos(angles), x], dim=1))
         return self.net(torch.cat([t, x], dim=1))
+
+
+class _ResidualBlock(nn.Module):
+    """h -> h + activation(linear(h)), a hidden layer of :class:`MLPVectorField` with ``residual=True``."""
+
+    def __init__(self, width: int, activation: nn.Module):
+        super().__init__()
+        self.linear, self.activation = nn.Linear(width, width), activation
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h + self.activation(self.linear(h))

@@ -21,11 +21,11 @@ from tqdm import tqdm
 from ._checks import check_points, check_positive_int, check_positive_real, check_seed
 from .paths import GaussianPath, LinearPath
 
-__all__ = ["cfm_loss", "train_cfm"]
+__all__ = ["cfm_loss", "draw_times", "train_cfm"]
 
 
 def cfm_loss(v: Callable, path: GaussianPath, x_1: torch.Tensor, generator: torch.Generator | None = None,
-             reduction: str = "mean") -> torch.Tensor:
+             reduction: str = "mean", time_beta: float = 1.0) -> torch.Tensor:
     r"""Monte-Carlo estimate of the CFM loss on one batch of data points.
 
     The squared error is summed over the d coordinates and averaged over the batch (``reduction="mean"``), so the
@@ -37,21 +37,55 @@ def cfm_loss(v: Callable, path: GaussianPath, x_1: torch.Tensor, generator: torc
         x_1: data points, shape (n, d).
         generator: optional ``torch.Generator`` on x_1's device for t and x_0.
         reduction: "mean" (a scalar) or "none" (per-sample losses, shape (n,)).
+        time_beta: the times are drawn from Beta(1, time_beta) (see :func:`draw_times`): 1.0 (default) is
+            t ~ U[0, 1]; values below 1 draw more times near t = 1. A finite number > 0.
 
     Returns:
         a scalar tensor, or shape (n,) with ``reduction="none"``.
 
     Raises:
-        ValueError: for a bad x_1 (or an empty one with reduction="mean"), a bad reduction, a v that is not callable
-            or returns another shape than x, or a path that is not a :class:`fmlib.paths.GaussianPath`.
+        ValueError: for a bad x_1 (or an empty one with reduction="mean"), a bad reduction or time_beta, a v that is
+            not callable or returns another shape than x, or a path that is not a :class:`fmlib.paths.GaussianPath`.
     """
     if reduction not in ("mean", "none"):
         raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
+    time_beta = check_positive_real("time_beta", time_beta)
     _check_v_and_path(v, path)
     x_1 = check_points("x_1", x_1)
     if x_1.shape[0] == 0 and reduction == "mean":
         raise ValueError("x_1 must hold at least one point for reduction='mean', got shape (0, d)")
-    return _cfm_loss(v, path, x_1, generator, reduction)
+    return _cfm_loss(v, path, x_1, generator, reduction, time_beta)
+
+
+def draw_times(n: int, time_beta: float = 1.0, *, t_max: float = 1.0, generator: torch.Generator | None = None,
+               device=None, dtype=None) -> torch.Tensor:
+    r"""Training times :math:`t = t_{max}\,(1 - (1 - u)^{1/b})` with :math:`u \sim U[0, 1)`, i.e. ``t / t_max`` drawn
+    from Beta(1, b) with b = ``time_beta``, whose density is :math:`b\,(1 - t)^{b - 1}` on [0, 1].
+
+    ``time_beta = 1`` is the uniform U[0, t_max) of the CFM objective as written (book eq. ``eq-cfm-loss``; Lipman
+    et al. 2023, eq. 9); ``time_beta = 0.5`` draws times with density :math:`1 / (2\sqrt{1 - t})`: 0.5 at t = 0, 1 at
+    t = 3/4, 2 at t = 15/16 and 5 at t = 0.99, where the uniform density is 1 everywhere. Any density that is positive on
+    (0, 1) keeps the minimiser -- the marginal field :math:`u_t` at every t -- and only changes how much each t
+    weighs in the loss (book chapter "Sampling and likelihood").
+
+    Args:
+        n: number of times, a positive int.
+        time_beta: b, a finite number > 0.
+        t_max: upper end of the times (a path's ``t_max``; 1 for the linear path).
+        generator, device, dtype: as for ``torch.rand``.
+
+    Returns:
+        times of shape (n, 1), in [0, t_max].
+
+    Raises:
+        ValueError: for a bad n or time_beta.
+    """
+    n = check_positive_int("n", n)
+    time_beta = check_positive_real("time_beta", time_beta)
+    u = torch.rand(n, 1, generator=generator, device=device, dtype=dtype)
+    # b = 1 returns u itself (not 1 - (1 - u), which differs from u by rounding), so uniform runs stay bit-identical
+    t = u if time_beta == 1.0 else 1 - (1 - u) ** (1 / time_beta)
+    return t_max * t
 
 
 def _check_v_and_path(v, path):
@@ -61,8 +95,10 @@ def _check_v_and_path(v, path):
         raise ValueError(f"path must be a GaussianPath instance such as LinearPath(sigma_min), got {path!r}")
 
 
-def _cfm_loss(v, path, x_1, generator, reduction="mean"):
-    s = path._sample(x_1, generator=generator)
+def _cfm_loss(v, path, x_1, generator, reduction="mean", time_beta=1.0):
+    t = None if time_beta == 1.0 else draw_times(x_1.shape[0], time_beta, t_max=path.t_max, generator=generator,
+                                                   device=x_1.device, dtype=x_1.dtype)
+    s = path._sample(x_1, t, generator=generator)
     u = v(s.t, s.x_t)
     if not isinstance(u, torch.Tensor) or u.shape != s.x_t.shape:
         got = tuple(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__
@@ -82,11 +118,12 @@ def _default_adam(model, lr):
 def train_cfm(model: torch.nn.Module, sample_data: Callable, *, path: GaussianPath | None = None,
               n_steps: int = 10_000, batch_size: int = 256, lr: float = 1e-2, seed: int | None = 0,
               device=None, optimizer: torch.optim.Optimizer | None = None, scheduler=None,
-              progress: bool = True, desc: str = "training") -> list[float]:
+              progress: bool = True, desc: str = "training", time_beta: float = 1.0) -> list[float]:
     r"""Train a vector field with the CFM loss; batches are drawn tensor-wise from ``sample_data``.
 
     At every step: draw x_1 = ``sample_data(batch_size, generator=g, device=device)`` (shape (batch_size, d)),
-    t ~ U[0, 1] and x_0 ~ N(0, I), and take one optimizer step on :func:`cfm_loss`.
+    t ~ U[0, 1] (or Beta(1, ``time_beta``), see :func:`draw_times`) and x_0 ~ N(0, I), and take one optimizer step
+    on :func:`cfm_loss`.
 
     Args:
         model: the vector field ``v(t, x)``, a ``torch.nn.Module``; it is moved to ``device`` and trained in place.
@@ -103,6 +140,8 @@ def train_cfm(model: torch.nn.Module, sample_data: Callable, *, path: GaussianPa
         scheduler: optional learning-rate scheduler, stepped once per step.
         progress: show a tqdm progress bar.
         desc: label of the progress bar.
+        time_beta: draw the times from Beta(1, time_beta): 1.0 (default) is U[0, 1]; values below 1 draw more
+            times near t = 1, where the marginal field of data with sharp edges is hardest to learn.
 
     Returns:
         the loss at every step, a list of ``n_steps`` floats. The model is left in ``eval()`` mode.
@@ -116,6 +155,7 @@ def train_cfm(model: torch.nn.Module, sample_data: Callable, *, path: GaussianPa
     n_steps = check_positive_int("n_steps", n_steps)
     batch_size = check_positive_int("batch_size", batch_size)
     lr = check_positive_real("lr", lr)
+    time_beta = check_positive_real("time_beta", time_beta)
     if not isinstance(model, torch.nn.Module):
         raise ValueError(f"model must be a torch.nn.Module called as model(t, x), got {type(model).__name__}")
     if not callable(sample_data):
@@ -155,7 +195,7 @@ def train_cfm(model: torch.nn.Module, sample_data: Callable, *, path: GaussianPa
         if x_1.shape != x_check.shape:
             raise ValueError(f"sample_data(batch_size) returned shape {tuple(x_1.shape)} at step {step}, "
                              f"expected {tuple(x_check.shape)}")
-        loss = _cfm_loss(model, path, x_1, generator)
+        loss = _cfm_loss(model, path, x_1, generator, time_beta=time_beta)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -30,9 +30,30 @@ def test_architecture_is_configurable():
     assert all(isinstance(m, torch.nn.Tanh) for m in model.net if not isinstance(m, torch.nn.Linear))
 
 
+def test_time_features_and_residual_layers():
+    """time_frequencies = K feeds (t, sin k pi t, cos k pi t, x) to the first layer; residual layers add h."""
+    torch.manual_seed(0)
+    model = MLPVectorField(2, width=16, depth=3, activation="silu", time_frequencies=3, residual=True)
+    assert model.net[0].in_features == 1 + 2 * 3 + 2
+    t, x = torch.rand(5, 1), torch.randn(5, 2)
+    k = torch.arange(1, 4) * math.pi
+    h = torch.nn.functional.silu(model.net[0](torch.cat([t, torch.sin(k * t), torch.cos(k * t), x], dim=1)))
+    for block in (model.net[2], model.net[3]):
+        h = h + torch.nn.functional.silu(block.linear(h))
+    torch.testing.assert_close(model(t, x), model.net[-1](h))
+    # the frequencies are a buffer: they follow .double(), and they are not in the state dict
+    assert "omega" not in model.state_dict()
+    assert model.double()(t.double(), x.double()).dtype == torch.float64
+    # the defaults keep the plain (t, x) network and its state-dict keys
+    assert list(MLPVectorField(2, width=8, depth=2).state_dict()) == [f"net.{i}.{p}" for i in (0, 2, 4)
+                                                                       for p in ("weight", "bias")]
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(dim=0), "dim"), (dict(dim=2.0), "dim"), (dict(dim=2, width=-1), "width"),
     (dict(dim=2, depth=0), "depth"), (dict(dim=2, activation="sigmoidal"), "activation"),
+    (dict(dim=2, time_frequencies=-1), "time_frequencies"), (dict(dim=2, time_frequencies=2.0), "time_frequencies"),
+    (dict(dim=2, time_frequencies=True), "time_frequencies"), (dict(dim=2, residual=1), "residual"),
 ])
 def test_bad_network_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -66,6 +87,46 @@ def test_cfm_loss_matches_definition():
     expected = ((model(t, x_t) - (x_1 - 0.9 * x_0)) ** 2).sum(dim=1).mean()
     torch.testing.assert_close(loss, expected)
     assert cfm_loss(model, path, x_1, reduction="none").shape == (64,)
+
+
+def test_draw_times_distribution():
+    """time_beta = 1 is torch.rand itself; time_beta = b follows Beta(1, b): KS test and mean 1 / (1 + b)."""
+    u = torch.rand(1000, 1, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(fmlib.draw_times(1000, 1.0, generator=torch.Generator().manual_seed(5)), u)
+    for b in (0.5, 2.0):
+        t = fmlib.draw_times(200_000, b, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+        assert t.shape == (200_000, 1) and 0 <= t.min() and t.max() <= 1
+        assert stats.kstest(t.squeeze(1).numpy(), stats.beta(1, b).cdf).pvalue > 0.01
+        assert abs(t.mean().item() - 1 / (1 + b)) < 5 * t.std().item() / 200_000 ** 0.5
+    # a shorter range (VPDiffusionPath.t_max) scales the draws
+    t = fmlib.draw_times(1000, 0.5, t_max=0.9, generator=torch.Generator().manual_seed(7))
+    assert t.max() <= 0.9 and t.max() > 0.85
+
+
+def test_cfm_loss_with_time_beta_uses_those_times():
+    """cfm_loss(time_beta=b) is the same definition with t = draw_times(n, b) drawn before x_0."""
+    model = MLPVectorField(2, width=8, depth=1)
+    x_1 = torch.randn(64, 2)
+    loss = cfm_loss(model, LinearPath(0.0), x_1, generator=torch.Generator().manual_seed(3), time_beta=0.5)
+    g = torch.Generator().manual_seed(3)
+    t = fmlib.draw_times(64, 0.5, generator=g)
+    x_0 = torch.randn(64, 2, generator=g)
+    expected = ((model(t, (1 - t) * x_0 + t * x_1) - (x_1 - x_0)) ** 2).sum(dim=1).mean()
+    torch.testing.assert_close(loss, expected)
+    assert not torch.allclose(loss, cfm_loss(model, LinearPath(0.0), x_1, generator=torch.Generator().manual_seed(3)))
+
+
+@pytest.mark.parametrize("bad", [0, -0.5, float("nan"), float("inf"), "0.5", True, None])
+def test_bad_time_beta(bad):
+    model = MLPVectorField(2, width=8, depth=1)
+    with pytest.raises(ValueError, match="time_beta"):
+        fmlib.draw_times(10, bad)
+    with pytest.raises(ValueError, match="time_beta"):
+        cfm_loss(model, LinearPath(0.0), torch.randn(4, 2), time_beta=bad)
+    with pytest.raises(ValueError, match="time_beta"):
+        train_cfm(model, sample_annulus, n_steps=2, progress=False, time_beta=bad)
+    with pytest.raises(ValueError, match=r"\bn\b"):
+        fmlib.draw_times(0, 0.5)
 
 
 def test_training_is_seeded_and_learns():

@@ -41,9 +41,44 @@ def test_best_config_builds():
     (dict(TINY, width=0), "width"),
     (dict(TINY, lr=-1.0), "lr"),
     (dict(TINY, schedule="step"), "schedule"),
+    (dict(TINY, time_beta=0.0), "time_beta"),
+    (dict(TINY, time_frequencies=-2), "time_frequencies"),
+    (dict(TINY, residual="yes"), "residual"),
 ])
 def test_bad_config(bad, name):
     with pytest.raises(ValueError, match=name):
         train_annulus(bad)
     with pytest.raises(ValueError, match="seed"):
         train_annulus(TINY, seed=-1)
+
+
+class _ZeroField(torch.nn.Module):
+    """v = 0: the flow is the identity, so the model's density is p_0 = N(0, I)."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, t, x):
+        return self.scale * x
+
+
+def test_evaluate_annulus_on_a_known_density():
+    """For v = 0: NLL = E_q[-log N(x; 0, I)] = log(2 pi) + E|x|^2 / 2 with E|x|^2 = (3^3 - 2^3) / 3 = 19/3 for r
+    uniform on [2, 3]; the gap is NLL - H(q); inside is P(2 <= |x_0| <= 3) = exp(-2) - exp(-9/2) for N(0, I)."""
+    import math
+
+    from fmlib.recipes import evaluate_annulus
+
+    scores = evaluate_annulus(_ZeroField(), 4000, seed=0)
+    nll = math.log(2 * math.pi) + 19 / 6
+    assert abs(scores["nll"] - nll) < 4 * scores["nll_se"]
+    assert abs(scores["gap"] - (nll - fmlib.annulus_entropy())) < 4 * scores["gap_se"]
+    assert abs(scores["edge"] + scores["interior"] - scores["gap"]) < 1e-9
+    p_inside = math.exp(-2) - math.exp(-4.5)
+    assert abs(scores["inside"] - p_inside) < 4 * (p_inside * (1 - p_inside) / 4000) ** 0.5
+    for bad, name in ((1, "n_points"), (0, "n_points"), (2.5, "n_points")):
+        with pytest.raises(ValueError, match=name):
+            evaluate_annulus(_ZeroField(), bad)
+    with pytest.raises(ValueError, match="model"):
+        evaluate_annulus(lambda t, x: x, 10)

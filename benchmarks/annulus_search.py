@@ -1,0 +1,72 @@
+"""The search behind fmlib.recipes.BEST_ANNULUS_CONFIG: train variants of the annulus setup, score each against the
+exact density (fmlib.recipes.evaluate_annulus) and write the results to benchmarks/annulus_search.json, which the
+appendix "Benchmarks" shows.
+
+Every variant is a change of BEST_ANNULUS_CONFIG (or of the previous best setups it grew from), trained from
+scratch with fmlib.recipes.train_annulus (no cache) for each seed, one after the other, with torch's default
+threads. Training seconds depend on the machine and on what else it runs; the script records the CPU and thread
+count next to them.
+
+    python benchmarks/annulus_search.py                 # every variant, seeds 0 and 1 (about half an hour)
+    python benchmarks/annulus_search.py --only best     # some variants (names as in VARIANTS, quoted)
+    python benchmarks/annulus_search.py --seeds 0       # other seeds
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+from fmlib.recipes import BEST_ANNULUS_CONFIG, SEED_ANNULUS_CONFIG, evaluate_annulus, train_annulus
+
+HERE = Path(__file__).resolve().parent
+FIRST_BEST = dict(SEED_ANNULUS_CONFIG, width=128, depth=3, activation="silu", batch_size=1024, n_steps=10_000,
+                  lr=3e-3, schedule="cosine")  # the book's first "best" setup (about 0.05 nats above the floor)
+
+# name -> (what changes, config); in the order of the search
+VARIANTS = {
+    "seed": ("the seed's setup", SEED_ANNULUS_CONFIG),
+    "first-best": ("the first best setup: 128 x 3 SiLU, batch 1024, Adam 3e-3 cosine, 10k steps", FIRST_BEST),
+    "+time_beta": ("... with time_beta = 0.5", dict(FIRST_BEST, time_beta=0.5)),
+    "+lr": ("... and lr 6e-3", dict(FIRST_BEST, time_beta=0.5, lr=6e-3)),
+    "deep": ("48 x 6 SiLU, lr 6e-3, time_beta = 0.5, 16k steps",
+             dict(BEST_ANNULUS_CONFIG, time_frequencies=0, residual=False, lr=6e-3, n_steps=16_000)),
+    "+time features": ("... with sin/cos(k pi t), k = 1..4",
+                       dict(BEST_ANNULUS_CONFIG, residual=False, lr=6e-3, n_steps=16_000)),
+    "+residual": ("... with residual layers, 14k steps", dict(BEST_ANNULUS_CONFIG, lr=6e-3, n_steps=14_000)),
+    "best": ("the book's best setup: ... lr 1e-2, 12k steps", BEST_ANNULUS_CONFIG),
+    "best, uniform t": ("the best setup with t ~ U[0, 1] (time_beta = 1)", dict(BEST_ANNULUS_CONFIG, time_beta=1.0)),
+}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--n-points", type=int, default=8000, help="held-out points per score (default 8000)")
+    parser.add_argument("--output", type=Path, default=HERE / "annulus_search.json")
+    args = parser.parse_args(argv)
+    results = json.loads(args.output.read_text()) if args.output.exists() else {"runs": {}}
+    results.update(torch=torch.__version__, threads=torch.get_num_threads(), cpu=platform.processor() or
+                   platform.machine(), date=datetime.date.today().isoformat(), n_points=args.n_points)
+    for name in args.only:
+        what, config = VARIANTS[name]
+        for seed in args.seeds:
+            run = train_annulus(config, seed=seed, progress=False)
+            scores = evaluate_annulus(run.model, args.n_points)
+            results["runs"][f"{name}/{seed}"] = {"variant": name, "what": what, "seed": seed, "config": config,
+                                                 "train_seconds": run.seconds, **scores}
+            print(f"{name:>16} seed {seed}: gap {scores['gap']:.4f} +- {scores['gap_se']:.4f} nats, inside "
+                  f"{scores['inside']:.2%}, trained in {run.seconds:.1f} s", flush=True)
+            args.output.write_text(json.dumps(results, indent=1) + "\n")  # after every run: nothing is lost
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
