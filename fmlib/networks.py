@@ -9,12 +9,15 @@ from __future__ import annotations
 import math
 import numbers
 
+import numpy as np
 import torch
 from torch import nn
 
 from ._checks import as_time, check_choice, check_points, check_positive_int
 
 __all__ = ["MLPVectorField", "ACTIVATIONS"]
+
+MAX_TIME_FREQUENCIES = 1000  # a sanity cap: beyond it the time features would dwarf any network
 
 ACTIVATIONS = {"elu": nn.ELU, "relu": nn.ReLU, "silu": nn.SiLU, "tanh": nn.Tanh, "gelu": nn.GELU, "softplus": nn.Softplus}
 
@@ -40,12 +43,12 @@ class MLPVectorField(nn.Module):
         width: hidden units per layer, a positive integer.
         depth: number of hidden layers, a positive integer.
         activation: one of ``ACTIVATIONS`` ("elu", "relu", "silu", "tanh", "gelu", "softplus").
-        time_frequencies: number K >= 0 of sinusoidal time frequencies (0: the input is (t, x) only).
-        residual: use residual hidden layers (a bool).
+        time_frequencies: number K of sinusoidal time frequencies, an int in [0, 1000] (0: the input is (t, x)).
+        residual: use residual hidden layers (a bool, numpy's too).
 
     Raises:
-        ValueError: for a non-positive or non-integer size, a negative or non-integer time_frequencies, a residual
-            that is not a bool, or an unknown activation name.
+        ValueError: for a non-positive or non-integer size, a time_frequencies that is not an int in [0, 1000], a
+            residual that is not a bool, or an unknown activation name.
     """
 
     def __init__(self, dim: int, width: int = 64, depth: int = 3, activation: str = "elu", *,
@@ -56,14 +59,12 @@ class MLPVectorField(nn.Module):
         depth = check_positive_int("depth", depth)
         act = ACTIVATIONS[check_choice("activation", activation, ACTIVATIONS)]
         if isinstance(time_frequencies, bool) or not isinstance(time_frequencies, numbers.Integral) \
-                or time_frequencies < 0:
-            raise ValueError(f"time_frequencies must be an integer >= 0, got {time_frequencies!r}")
-        if not isinstance(residual, bool):
+                or not 0 <= time_frequencies <= MAX_TIME_FREQUENCIES:
+            raise ValueError(f"time_frequencies must be an integer in [0, {MAX_TIME_FREQUENCIES}], "
+                             f"got {time_frequencies!r}")
+        if not isinstance(residual, (bool, np.bool_)):
             raise ValueError(f"residual must be True or False, got {residual!r}")
-        self.time_frequencies, self.residual = int(time_frequencies), residual
-        # the angular frequencies k pi of the time features (a buffer: it follows .to(), not saved in state_dict)
-        self.register_buffer("omega", math.pi * torch.arange(1, self.time_frequencies + 1, dtype=torch.float32),
-                             persistent=False)
+        self.time_frequencies, self.residual = int(time_frequencies), bool(residual)
         layers: list[nn.Module] = [nn.Linear(1 + 2 * self.time_frequencies + self.dim, width), act()]
         for _ in range(depth - 1):
             layers += [_ResidualBlock(width, act())] if residual else [nn.Linear(width, width), act()]
@@ -91,7 +92,9 @@ class MLPVectorField(nn.Module):
                              f"(e.g. model.to({x.dtype}) or x.to({w.dtype}))")
         t = as_time(t, x)
         if self.time_frequencies:
-            angles = t * self.omega.to(t.dtype)  # (n, K)
+            # angular frequencies k pi, k = 1..K, made in t's dtype (exact in float64 too)
+            omega = math.pi * torch.arange(1, self.time_frequencies + 1, dtype=t.dtype, device=t.device)
+            angles = t * omega  # (n, K)
             return self.net(torch.cat([t, torch.sin(angles), torch.cos(angles), x], dim=1))
         return self.net(torch.cat([t, x], dim=1))
 

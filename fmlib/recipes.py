@@ -72,9 +72,12 @@ class TrainedModel(NamedTuple):
 
 
 def _check_config(config) -> dict:
-    if not isinstance(config, dict) or set(config) != _KEYS:
-        got = sorted(config) if isinstance(config, dict) else type(config).__name__
-        raise ValueError(f"config must be a dict with the keys {sorted(_KEYS)}, got {got}")
+    if not isinstance(config, dict):
+        raise ValueError(f"config must be a dict with the keys {sorted(_KEYS)}, got {type(config).__name__}")
+    if set(config) != _KEYS:
+        missing, extra = sorted(_KEYS - set(config)), sorted(set(config) - _KEYS, key=str)
+        raise ValueError(f"config must be a dict with the keys {sorted(_KEYS)}; missing: {missing}, unknown: {extra} "
+                         f"(start from a copy of SEED_ANNULUS_CONFIG or BEST_ANNULUS_CONFIG)")
     config = dict(config)  # the caller's dict is never modified
     for key in ("width", "depth", "batch_size", "n_steps"):
         config[key] = check_positive_int(f"config['{key}']", config[key])  # plain int (numpy ints too)
@@ -105,8 +108,17 @@ def build_model(config: dict) -> MLPVectorField:
 
 
 def default_cache_dir() -> Path:
-    """``$FMBOOK_CACHE`` if set, else ``<system temp dir>/fmbook-cache`` (outside the repository, never in git)."""
-    return Path(os.environ.get("FMBOOK_CACHE", Path(tempfile.gettempdir()) / "fmbook-cache"))
+    """Where the chapters keep trained weights: ``$FMBOOK_CACHE`` if set; else, inside the book's repository
+    (a directory holding ``_config.yml`` and ``_toc.yml``: the working directory or its parent, as when a chapter
+    runs in ``book/``), its build folder ``<repository>/_build/fmbook-cache``, which git ignores and
+    ``jupyter-book clean --all`` removes; anywhere else ``<system temp dir>/fmbook-cache``."""
+    if "FMBOOK_CACHE" in os.environ:
+        return Path(os.environ["FMBOOK_CACHE"])
+    here = Path.cwd()
+    for root in (here, here.parent):
+        if (root / "_config.yml").is_file() and (root / "_toc.yml").is_file():
+            return root / "_build" / "fmbook-cache"
+    return Path(tempfile.gettempdir()) / "fmbook-cache"
 
 
 def _cache_key(config, seed, device) -> str:
@@ -194,7 +206,8 @@ def evaluate_annulus(model, n_points: int = 4000, *, seed: int = 4, rtol: float 
         of the others; they add up to ``gap``); ``inside`` (the fraction of model samples with 2 <= |x| <= 3).
 
     Raises:
-        ValueError: for a bad n_points or seed, or a model without parameters.
+        ValueError: for a bad n_points or seed, a model without parameters, with ``dim`` other than 2, or in a
+            dtype other than float32/float64.
     """
     from .ode import log_likelihood, solve_ode  # needs torchdiffeq
 
@@ -205,6 +218,11 @@ def evaluate_annulus(model, n_points: int = 4000, *, seed: int = 4, rtol: float 
     param = next(model.parameters(), None) if isinstance(model, torch.nn.Module) else None
     if param is None:
         raise ValueError(f"model must be an nn.Module with parameters, got {type(model).__name__}")
+    if getattr(model, "dim", 2) != 2:
+        raise ValueError(f"model must be a vector field on R^2 (the annulus), got one with dim = {model.dim}")
+    if param.dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"model must be float32 or float64 for the ODE solves, got {param.dtype}; "
+                         f"evaluate a copy in float32 (copy.deepcopy(model).float())")
     gen = torch.Generator().manual_seed(seed)
     held_out = sample_annulus(n_points, generator=gen)
     x_0 = torch.randn(n_points, 2, generator=gen)

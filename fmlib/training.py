@@ -13,6 +13,7 @@ simpler and several times faster for toy data that can be drawn afresh at every 
 from __future__ import annotations
 
 import copy
+import numbers
 from typing import Callable
 
 import torch
@@ -69,23 +70,36 @@ def draw_times(n: int, time_beta: float = 1.0, *, t_max: float = 1.0, generator:
     weighs in the loss (book chapter "Sampling and likelihood").
 
     Args:
-        n: number of times, a positive int.
+        n: number of times, an int >= 0.
         time_beta: b, a finite number > 0.
-        t_max: upper end of the times (a path's ``t_max``; 1 for the linear path).
-        generator, device, dtype: as for ``torch.rand``.
+        t_max: upper end of the times, a number in (0, 1] (a path's ``t_max``; 1 for the linear path).
+        generator, device: as for ``torch.rand``.
+        dtype: a floating-point ``torch.dtype`` (default: torch's default dtype).
 
     Returns:
         times of shape (n, 1), in [0, t_max].
 
     Raises:
-        ValueError: for a bad n or time_beta.
+        ValueError: for a bad n, time_beta, t_max or dtype.
     """
-    n = check_positive_int("n", n)
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
+        raise ValueError(f"n must be an integer >= 0, got {n!r}")
     time_beta = check_positive_real("time_beta", time_beta)
-    u = torch.rand(n, 1, generator=generator, device=device, dtype=dtype)
-    # b = 1 returns u itself (not 1 - (1 - u), which differs from u by rounding), so uniform runs stay bit-identical
-    t = u if time_beta == 1.0 else 1 - (1 - u) ** (1 / time_beta)
-    return t_max * t
+    if isinstance(t_max, bool) or not isinstance(t_max, numbers.Real) or not 0 < t_max <= 1:
+        raise ValueError(f"t_max must be a number in (0, 1], got {t_max!r}")
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"dtype must be a floating-point torch.dtype such as torch.float32, got {dtype!r}")
+    u = torch.rand(int(n), 1, generator=generator, device=device, dtype=dtype)
+    if time_beta == 1.0:
+        t = u  # u itself, not 1 - (1 - u), which differs by rounding: uniform runs stay bit-identical
+    else:
+        w = u.float() if u.dtype in (torch.float16, torch.bfloat16) else u  # 1/b must not overflow half precision
+        if time_beta < 1:
+            t = 1 - (1 - w) ** (1 / time_beta)  # t mostly near 1: no cancellation worth the name
+        else:
+            t = -torch.expm1(torch.log1p(-w) / time_beta)  # t mostly near 0: 1 - (1 - u)^(1/b) would cancel
+        t = t.to(u.dtype)
+    return float(t_max) * t
 
 
 def _check_v_and_path(v, path):

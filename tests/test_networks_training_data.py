@@ -41,9 +41,11 @@ def test_time_features_and_residual_layers():
     for block in (model.net[2], model.net[3]):
         h = h + torch.nn.functional.silu(block.linear(h))
     torch.testing.assert_close(model(t, x), model.net[-1](h))
-    # the frequencies are a buffer: they follow .double(), and they are not in the state dict
-    assert "omega" not in model.state_dict()
-    assert model.double()(t.double(), x.double()).dtype == torch.float64
+    # in float64 the features use k pi to float64 accuracy: at t = 1, sin(k pi) is ~1e-16 (float32's pi gives ~1e-7)
+    seen = []
+    model.double().net[0].register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    assert model(1.0, x.double()).dtype == torch.float64
+    assert seen[0].dtype == torch.float64 and seen[0][:, 1:4].abs().max() < 1e-14
     # the defaults keep the plain (t, x) network and its state-dict keys
     assert list(MLPVectorField(2, width=8, depth=2).state_dict()) == [f"net.{i}.{p}" for i in (0, 2, 4)
                                                                        for p in ("weight", "bias")]
@@ -54,6 +56,7 @@ def test_time_features_and_residual_layers():
     (dict(dim=2, depth=0), "depth"), (dict(dim=2, activation="sigmoidal"), "activation"),
     (dict(dim=2, time_frequencies=-1), "time_frequencies"), (dict(dim=2, time_frequencies=2.0), "time_frequencies"),
     (dict(dim=2, time_frequencies=True), "time_frequencies"), (dict(dim=2, residual=1), "residual"),
+    (dict(dim=2, time_frequencies=2**40), "time_frequencies"),
 ])
 def test_bad_network_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -101,6 +104,14 @@ def test_draw_times_distribution():
     # a shorter range (VPDiffusionPath.t_max) scales the draws
     t = fmlib.draw_times(1000, 0.5, t_max=0.9, generator=torch.Generator().manual_seed(7))
     assert t.max() <= 0.9 and t.max() > 0.85
+    # large b (times near 0) keeps full relative precision; half precision works for tiny b; n = 0 is empty
+    u = torch.rand(1000, 1, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    t = fmlib.draw_times(1000, 1e6, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    torch.testing.assert_close(t, -torch.log1p(-u) / 1e6, rtol=1e-5, atol=0)  # 1 - (1 - u)^(1/b) ~ -log(1 - u) / b
+    assert (t > 0).all()
+    t = fmlib.draw_times(100, 1e-6, dtype=torch.float16)
+    assert t.dtype == torch.float16 and bool(((t >= 0) & (t <= 1)).all())
+    assert fmlib.draw_times(0, 0.5).shape == (0, 1)
 
 
 def test_cfm_loss_with_time_beta_uses_those_times():
@@ -125,8 +136,11 @@ def test_bad_time_beta(bad):
         cfm_loss(model, LinearPath(0.0), torch.randn(4, 2), time_beta=bad)
     with pytest.raises(ValueError, match="time_beta"):
         train_cfm(model, sample_annulus, n_steps=2, progress=False, time_beta=bad)
-    with pytest.raises(ValueError, match=r"\bn\b"):
-        fmlib.draw_times(0, 0.5)
+    for kwargs, name in ((dict(n=-1), r"\bn\b"), (dict(n=2.0), r"\bn\b"), (dict(t_max=0.0), "t_max"),
+                         (dict(t_max=1.5), "t_max"), (dict(t_max=float("nan")), "t_max"),
+                         (dict(dtype=torch.int64), "dtype"), (dict(dtype=torch.complex64), "dtype")):
+        with pytest.raises(ValueError, match=name):
+            fmlib.draw_times(**dict(dict(n=10, time_beta=0.5), **kwargs))
 
 
 def test_training_is_seeded_and_learns():

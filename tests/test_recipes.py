@@ -37,7 +37,8 @@ def test_best_config_builds():
 
 
 @pytest.mark.parametrize("bad,name", [
-    (dict(TINY, extra=1), "config"),
+    (dict(TINY, extra=1), "unknown: \\['extra'\\]"),
+    ({k: v for k, v in TINY.items() if k != "residual"}, "missing: \\['residual'\\]"),
     (dict(TINY, width=0), "width"),
     (dict(TINY, lr=-1.0), "lr"),
     (dict(TINY, schedule="step"), "schedule"),
@@ -82,3 +83,27 @@ def test_evaluate_annulus_on_a_known_density():
             evaluate_annulus(_ZeroField(), bad)
     with pytest.raises(ValueError, match="model"):
         evaluate_annulus(lambda t, x: x, 10)
+    with pytest.raises(ValueError, match="dim = 3"):
+        evaluate_annulus(fmlib.MLPVectorField(3, 8, 1), 10)
+    with pytest.raises(ValueError, match="float16"):
+        evaluate_annulus(fmlib.MLPVectorField(2, 8, 1).half(), 10)
+
+
+def test_default_cache_dir(tmp_path, monkeypatch):
+    """$FMBOOK_CACHE wins; inside the book (root or book/) it is <root>/_build/fmbook-cache; elsewhere the temp dir."""
+    import tempfile
+    from pathlib import Path
+
+    from fmlib.recipes import default_cache_dir
+
+    monkeypatch.delenv("FMBOOK_CACHE", raising=False)
+    (tmp_path / "book").mkdir()
+    monkeypatch.chdir(tmp_path / "book")
+    assert default_cache_dir() == Path(tempfile.gettempdir()) / "fmbook-cache"
+    (tmp_path / "_config.yml").write_text("title: t\n")
+    (tmp_path / "_toc.yml").write_text("root: intro\n")
+    assert default_cache_dir() == tmp_path / "_build" / "fmbook-cache"
+    monkeypatch.chdir(tmp_path)
+    assert default_cache_dir() == tmp_path / "_build" / "fmbook-cache"
+    monkeypatch.setenv("FMBOOK_CACHE", str(tmp_path / "elsewhere"))
+    assert default_cache_dir() == tmp_path / "elsewhere"
