@@ -33,8 +33,9 @@ class MLPVectorField(nn.Module):
     chapter "Sampling and likelihood"):
 
     * ``time_frequencies = K`` adds the sinusoidal time features :math:`\sin(k\pi t), \cos(k\pi t)`,
-      :math:`k = 1, \dots, K`, to the input, which becomes :math:`(t, \sin \pi t, \cos \pi t, \dots, x)` of size
-      1 + 2K + d (the sinusoidal embeddings of Vaswani et al. 2017, as used for the time of diffusion models);
+      :math:`k = 1, \dots, K`, to the input, which becomes :math:`(t, \sin \pi t, \dots, \sin K\pi t,
+      \cos \pi t, \dots, \cos K\pi t, x)` of size 1 + 2K + d (in the spirit of the sinusoidal embeddings of
+      Vaswani et al. 2017 that diffusion models use for time, with linearly spaced frequencies);
     * ``residual=True`` makes every hidden layer after the first a residual block :math:`h \mapsto h +
       a(W h + b)` (He et al. 2016), which lets deeper networks train as easily as shallow ones.
 

@@ -66,7 +66,7 @@ def draw_times(n: int, time_beta: float = 1.0, *, t_max: float = 1.0, generator:
     ``time_beta = 1`` is the uniform U[0, t_max) of the CFM objective as written (book eq. ``eq-cfm-loss``; Lipman
     et al. 2023, eq. 9); ``time_beta = 0.5`` draws times with density :math:`1 / (2\sqrt{1 - t})`: 0.5 at t = 0, 1 at
     t = 3/4, 2 at t = 15/16 and 5 at t = 0.99, where the uniform density is 1 everywhere. Any density that is positive on
-    (0, 1) keeps the minimiser -- the marginal field :math:`u_t` at every t -- and only changes how much each t
+    (0, t_max) keeps the minimiser -- the marginal field :math:`u_t` at every t -- and only changes how much each t
     weighs in the loss (book chapter "Sampling and likelihood").
 
     Args:
