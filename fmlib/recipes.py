@@ -3,7 +3,7 @@ likelihood").
 
 * :data:`SEED_ANNULUS_CONFIG` -- the setup of the blog post the book grew from (chapter "Training a flow on an
   annulus"): 3 x 64 ELU units, Adam with a constant learning rate 1e-2, batch 256, 10,000 steps, sigma_min = 0.
-* :data:`BEST_ANNULUS_CONFIG` -- the book's best setup under a budget of one minute of training on two CPU cores:
+* :data:`BEST_ANNULUS_CONFIG` -- the book's best setup for a budget of about a minute of training on two CPU cores:
   6 x 48 SiLU units with residual layers and sinusoidal time features, t ~ Beta(1, 1/2), Adam 1e-2 with cosine
   decay, batch 1024, 12,000 steps, sigma_min = 0; measured in chapter "Sampling and likelihood" against the entropy
   floor of the annulus (found by ``benchmarks/annulus_search.py``).
