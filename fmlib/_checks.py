@@ -9,9 +9,10 @@ from __future__ import annotations
 import math
 import numbers
 
+import numpy as np
 import torch
 
-__all__ = ["as_time", "check_points", "check_finite", "check_positive_int", "check_positive_real", "check_sigma_min",
+__all__ = ["as_time", "check_points", "check_finite", "check_positive_int", "check_int_in", "check_bool", "check_positive_real", "check_sigma_min",
            "check_choice", "check_seed"]
 
 
@@ -92,6 +93,23 @@ def as_time(t, x: torch.Tensor, name: str = "t", closed: bool = True) -> torch.T
         if closed and not (lo >= 0 and hi <= 1):
             raise ValueError(f"{name} must lie in [0, 1], got values in [{lo:.4g}, {hi:.4g}]")
     return t
+
+
+def check_int_in(name: str, value, low: int, high: int | None = None) -> int:
+    """Return ``value`` as ``int`` if it is an integer (not a bool; numpy integers too) in [low, high] (high None:
+    no upper bound), else raise ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low \
+            or (high is not None and value > high):
+        bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{name} must be an integer {bounds}, got {_describe(value)}")
+    return int(value)
+
+
+def check_bool(name: str, value) -> bool:
+    """Return ``value`` as ``bool`` if it is True or False (numpy's bools too), else raise ``ValueError``."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False, got {_describe(value)}")
+    return bool(value)
 
 
 def check_positive_int(name: str, value) -> int:

@@ -7,13 +7,11 @@ tensor of shape (n,) or (n, 1) -- the same order as ``torchdiffeq.odeint(func(t,
 from __future__ import annotations
 
 import math
-import numbers
 
-import numpy as np
 import torch
 from torch import nn
 
-from ._checks import as_time, check_choice, check_points, check_positive_int
+from ._checks import as_time, check_bool, check_choice, check_int_in, check_points, check_positive_int
 
 __all__ = ["MLPVectorField", "ACTIVATIONS"]
 
@@ -59,13 +57,8 @@ class MLPVectorField(nn.Module):
         width = check_positive_int("width", width)
         depth = check_positive_int("depth", depth)
         act = ACTIVATIONS[check_choice("activation", activation, ACTIVATIONS)]
-        if isinstance(time_frequencies, bool) or not isinstance(time_frequencies, numbers.Integral) \
-                or not 0 <= time_frequencies <= MAX_TIME_FREQUENCIES:
-            raise ValueError(f"time_frequencies must be an integer in [0, {MAX_TIME_FREQUENCIES}], "
-                             f"got {time_frequencies!r}")
-        if not isinstance(residual, (bool, np.bool_)):
-            raise ValueError(f"residual must be True or False, got {residual!r}")
-        self.time_frequencies, self.residual = int(time_frequencies), bool(residual)
+        self.time_frequencies = check_int_in("time_frequencies", time_frequencies, 0, MAX_TIME_FREQUENCIES)
+        self.residual = check_bool("residual", residual)
         layers: list[nn.Module] = [nn.Linear(1 + 2 * self.time_frequencies + self.dim, width), act()]
         for _ in range(depth - 1):
             layers += [_ResidualBlock(width, act())] if residual else [nn.Linear(width, width), act()]

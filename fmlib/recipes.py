@@ -17,20 +17,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-import numbers
 import os
 import tempfile
 import time
 from pathlib import Path
 from typing import NamedTuple
 
-from numpy import bool_ as np_bool
 import torch
 
-from ._checks import check_choice, check_positive_int, check_positive_real, check_seed, check_sigma_min
+from ._checks import (check_bool, check_choice, check_int_in, check_positive_int, check_positive_real, check_seed,
+                      check_sigma_min)
 from .data import annulus_log_prob, sample_annulus
-from .networks import ACTIVATIONS, MLPVectorField
+from .networks import ACTIVATIONS, MAX_TIME_FREQUENCIES, MLPVectorField
 from .paths import LinearPath
 from .training import _default_adam, train_cfm
 
@@ -85,13 +83,9 @@ def _check_config(config) -> dict:
     for key in ("width", "depth", "batch_size", "n_steps"):
         config[key] = check_positive_int(f"config['{key}']", config[key])  # plain int (numpy ints too)
     config["lr"] = check_positive_real("config['lr']", config["lr"])     # plain float
-    if isinstance(config["time_frequencies"], bool) or not isinstance(config["time_frequencies"], numbers.Integral) \
-            or config["time_frequencies"] < 0:
-        raise ValueError(f"config['time_frequencies'] must be an integer >= 0, got {config['time_frequencies']!r}")
-    config["time_frequencies"] = int(config["time_frequencies"])
-    if not isinstance(config["residual"], (bool, np_bool)):
-        raise ValueError(f"config['residual'] must be True or False, got {config['residual']!r}")
-    config["residual"] = bool(config["residual"])
+    config["time_frequencies"] = check_int_in("config['time_frequencies']", config["time_frequencies"], 0,
+                                              MAX_TIME_FREQUENCIES)
+    config["residual"] = check_bool("config['residual']", config["residual"])
     config["sigma_min"] = check_sigma_min(config["sigma_min"])
     config["time_beta"] = check_positive_real("config['time_beta']", config["time_beta"])
     check_choice("config['schedule']", config["schedule"], SCHEDULES)

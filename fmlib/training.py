@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
-from ._checks import check_points, check_positive_int, check_positive_real, check_seed
+from ._checks import check_int_in, check_points, check_positive_int, check_positive_real, check_seed
 from .paths import GaussianPath, LinearPath
 
 __all__ = ["cfm_loss", "draw_times", "train_cfm"]
@@ -82,14 +82,13 @@ def draw_times(n: int, time_beta: float = 1.0, *, t_max: float = 1.0, generator:
     Raises:
         ValueError: for a bad n, time_beta, t_max or dtype.
     """
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
-        raise ValueError(f"n must be an integer >= 0, got {n!r}")
+    n = check_int_in("n", n, 0)
     time_beta = check_positive_real("time_beta", time_beta)
     if isinstance(t_max, bool) or not isinstance(t_max, numbers.Real) or not 0 < t_max <= 1:
         raise ValueError(f"t_max must be a number in (0, 1], got {t_max!r}")
     if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise ValueError(f"dtype must be a floating-point torch.dtype such as torch.float32, got {dtype!r}")
-    u = torch.rand(int(n), 1, generator=generator, device=device, dtype=dtype)
+    u = torch.rand(n, 1, generator=generator, device=device, dtype=dtype)
     if time_beta == 1.0:
         t = u  # u itself, not 1 - (1 - u), which differs by rounding: uniform runs stay bit-identical
     else:

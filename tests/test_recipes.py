@@ -44,6 +44,7 @@ def test_best_config_builds():
     (dict(TINY, schedule="step"), "schedule"),
     (dict(TINY, time_beta=0.0), "time_beta"),
     (dict(TINY, time_frequencies=-2), "time_frequencies"),
+    (dict(TINY, time_frequencies=2**40), "time_frequencies"),  # the same cap as MLPVectorField's
     (dict(TINY, residual="yes"), "residual"),
 ])
 def test_bad_config(bad, name):
