@@ -120,12 +120,12 @@ def _cfm_loss(v, path, x_1, generator, reduction="mean", time_beta=1.0):
     return per_sample.mean() if reduction == "mean" else per_sample
 
 
-def _default_adam(model, lr):
+def _default_adam(model, lr, betas=(0.9, 0.999)):
     """Adam with the fused kernel where this torch has it for the model's device (same maths, less overhead)."""
     try:
-        return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
+        return torch.optim.Adam(model.parameters(), lr=lr, betas=betas, fused=True)
     except (RuntimeError, TypeError, ValueError):
-        return torch.optim.Adam(model.parameters(), lr=lr)
+        return torch.optim.Adam(model.parameters(), lr=lr, betas=betas)
 
 
 def train_cfm(model: torch.nn.Module, sample_data: Callable, *, path: GaussianPath | None = None,

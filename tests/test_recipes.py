@@ -31,6 +31,23 @@ def test_cache_round_trip(tmp_path):
     assert len(list(tmp_path.glob("annulus-*.pt"))) == 2
 
 
+def test_adam_beta2_is_used():
+    """adam_beta2 reaches the optimizer: the seed's config with 0.99 equals train_cfm with Adam(betas=(0.9, 0.99))."""
+    import numpy as np
+
+    cfg = dict(TINY, adam_beta2=np.float64(0.99))  # numpy numbers are accepted and stored as float
+    run = train_annulus(cfg, seed=3)
+    fmlib.seed_everything(3)
+    model = fmlib.MLPVectorField(2, width=64, depth=3, activation="elu")
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2, betas=(0.9, 0.99), fused=True)  # fused, as train_annulus
+    losses = fmlib.train_cfm(model, fmlib.sample_annulus, n_steps=20, batch_size=32, seed=3, optimizer=opt,
+                             progress=False)
+    assert run.losses == losses
+    assert all(torch.equal(p, q) for p, q in zip(run.model.parameters(), model.parameters()))
+    # and it is not the default 0.999
+    assert run.losses != train_annulus(TINY, seed=3).losses
+
+
 def test_best_config_builds():
     model = build_model(BEST_ANNULUS_CONFIG)
     assert model(0.5, torch.zeros(3, 2)).shape == (3, 2)
@@ -46,6 +63,11 @@ def test_best_config_builds():
     (dict(TINY, time_frequencies=-2), "time_frequencies"),
     (dict(TINY, time_frequencies=2**40), "time_frequencies"),  # the same cap as MLPVectorField's
     (dict(TINY, residual="yes"), "residual"),
+    (dict(TINY, adam_beta2=1.0), "adam_beta2"),
+    (dict(TINY, adam_beta2=0.0), "adam_beta2"),
+    (dict(TINY, adam_beta2=float("nan")), "adam_beta2"),
+    (dict(TINY, adam_beta2=True), "adam_beta2"),
+    (dict(TINY, adam_beta2="0.99"), "adam_beta2"),
 ])
 def test_bad_config(bad, name):
     with pytest.raises(ValueError, match=name):
