@@ -12,8 +12,8 @@ import numbers
 import numpy as np
 import torch
 
-__all__ = ["as_time", "check_points", "check_finite", "check_positive_int", "check_int_in", "check_bool", "check_positive_real", "check_sigma_min",
-           "check_choice", "check_seed"]
+__all__ = ["as_time", "check_points", "check_finite", "check_positive_int", "check_int_in", "check_bool",
+           "check_positive_real", "check_sigma_min", "check_choice", "check_seed", "check_device", "check_generator"]
 
 
 _INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
@@ -119,11 +119,45 @@ def check_positive_int(name: str, value) -> int:
     return int(value)
 
 
-def check_sigma_min(sigma_min) -> float:
+def check_sigma_min(sigma_min, name: str = "sigma_min") -> float:
     """Return ``sigma_min`` as ``float`` if it lies in [0, 1), else raise ``ValueError``."""
     if isinstance(sigma_min, bool) or not isinstance(sigma_min, numbers.Real) or not (0.0 <= float(sigma_min) < 1.0):
-        raise ValueError(f"sigma_min must be a number in [0, 1), got {_describe(sigma_min)}")
+        raise ValueError(f"{name} must be a number in [0, 1), got {_describe(sigma_min)}")
     return float(sigma_min)
+
+
+def check_device(name: str, device) -> torch.device:
+    """Return ``device`` as a ``torch.device`` if it names a device this machine can compute on ("cpu", "cuda" or
+    "cuda:k" with a GPU, "mps" on Apple silicon), else raise ``ValueError``."""
+    try:
+        if isinstance(device, bool) or not isinstance(device, (str, torch.device, numbers.Integral)):
+            raise TypeError
+        if isinstance(device, numbers.Integral):
+            device = int(device)  # a CUDA index, as torch.device(0) reads it
+        dev = torch.device(device)
+    except (TypeError, RuntimeError, ValueError):
+        raise ValueError(f"{name} must be a device such as 'cpu' or 'cuda' (a str, torch.device or GPU index), "
+                         f"got {_describe(device)}") from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{name} is {device!r} but torch sees no CUDA GPU on this machine; use 'cpu' "
+                             f"(fmlib.default_device() picks a GPU when there is one)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"{name} is {device!r} but this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+        return dev
+    if dev.type == "mps" and getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return dev
+    raise ValueError(f"{name} must be 'cpu' or an available GPU ('cuda', 'cuda:k', 'mps'), got {device!r}")
+
+
+def check_generator(name: str, generator) -> torch.Generator | None:
+    """Return ``generator`` if it is None or a ``torch.Generator``, else raise ``ValueError``."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(f"{name} must be a torch.Generator or None (e.g. torch.Generator().manual_seed(0)), "
+                         f"got {type(generator).__name__}")
+    return generator
 
 
 def check_choice(name: str, value, choices) -> str:

@@ -162,7 +162,14 @@ def _integrate(f, y0, t_start, t_end, method, n_steps, rtol, atol):
     from torchdiffeq import odeint  # optional dependency: fmlib[ode]
 
     ts = torch.tensor([t_start, t_end], dtype=torch.float64, device=(y0[0] if isinstance(y0, tuple) else y0).device)
-    sol = odeint(f, y0, ts, method=method, rtol=rtol, atol=atol, options={"step_t": ts[1:]})
+    try:
+        sol = odeint(f, y0, ts, method=method, rtol=rtol, atol=atol, options={"step_t": ts[1:]})
+    except AssertionError as err:  # torchdiffeq's "underflow in dt": the step size shrank to nothing
+        if "underflow" not in str(err):
+            raise
+        raise ValueError(f"the adaptive solver {method!r} could not follow the field (its step size underflowed "
+                         f"to 0: {err}); the field is probably non-finite or blows up along the way -- check "
+                         f"that v(t, x) is finite, or use a fixed-step method to see where it fails") from err
     return tuple(s[-1] for s in sol) if isinstance(sol, tuple) else sol[-1]
 
 

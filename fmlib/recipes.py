@@ -20,14 +20,15 @@ import json
 import numbers
 import os
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
 
-from ._checks import (check_bool, check_choice, check_int_in, check_positive_int, check_positive_real, check_seed,
-                      check_sigma_min)
+from ._checks import (check_bool, check_choice, check_device, check_int_in, check_positive_int, check_positive_real,
+                      check_seed, check_sigma_min)
 from .data import annulus_log_prob, sample_annulus
 from .networks import ACTIVATIONS, MAX_TIME_FREQUENCIES, MLPVectorField
 from .paths import LinearPath
@@ -89,7 +90,7 @@ def _check_config(config) -> dict:
     config["time_frequencies"] = check_int_in("config['time_frequencies']", config["time_frequencies"], 0,
                                               MAX_TIME_FREQUENCIES)
     config["residual"] = check_bool("config['residual']", config["residual"])
-    config["sigma_min"] = check_sigma_min(config["sigma_min"])
+    config["sigma_min"] = check_sigma_min(config["sigma_min"], "config['sigma_min']")
     config["time_beta"] = check_positive_real("config['time_beta']", config["time_beta"])
     beta2 = config["adam_beta2"]
     if isinstance(beta2, bool) or not isinstance(beta2, numbers.Real) or not 0 < beta2 < 1:
@@ -112,12 +113,12 @@ def build_model(config: dict) -> MLPVectorField:
 
 
 def default_cache_dir() -> Path:
-    """Where the chapters keep trained weights: ``$FMBOOK_CACHE`` if set; else, inside the book's repository
-    (a directory holding ``_config.yml`` and ``_toc.yml``: the working directory or its parent, as when a chapter
-    runs in ``book/``), its build folder ``<repository>/_build/fmbook-cache``, which git ignores and
+    """Where the chapters keep trained weights: ``$FMBOOK_CACHE`` if set and not empty (``~`` expanded); else, inside
+    the book's repository (a directory holding ``_config.yml`` and ``_toc.yml``: the working directory or its parent,
+    as when a chapter runs in ``book/``), its build folder ``<repository>/_build/fmbook-cache``, which git ignores and
     ``jupyter-book clean --all`` removes; anywhere else ``<system temp dir>/fmbook-cache``."""
-    if "FMBOOK_CACHE" in os.environ:
-        return Path(os.environ["FMBOOK_CACHE"])
+    if os.environ.get("FMBOOK_CACHE"):  # set and not empty
+        return Path(os.environ["FMBOOK_CACHE"]).expanduser()
     here = Path.cwd()
     for root in (here, here.parent):
         if (root / "_config.yml").is_file() and (root / "_toc.yml").is_file():
@@ -126,9 +127,43 @@ def default_cache_dir() -> Path:
 
 
 def _cache_key(config, seed, device) -> str:
-    blob = json.dumps({"config": config, "seed": seed, "device": device.type, "torch": torch.__version__,
-                       "recipe": 2}, sort_keys=True)
+    key = {"config": config, "seed": seed, "device": device.type, "torch": torch.__version__, "recipe": 2}
+    if torch.get_default_dtype() != torch.float32:  # the model's dtype (float32 keys stay as they were)
+        key["dtype"] = str(torch.get_default_dtype())
+    blob = json.dumps(key, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _cache_dir(cache_dir) -> Path:
+    """The cache directory as a Path (``~`` expanded), created now so that a bad one fails before training."""
+    if isinstance(cache_dir, bool) or not isinstance(cache_dir, (str, os.PathLike)) or str(cache_dir) == "":
+        raise ValueError(f"cache_dir must be a non-empty str or path (or None: no cache), got {cache_dir!r}")
+    directory = Path(cache_dir).expanduser()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"cache_dir {str(directory)!r} is not a directory that can be created: {err}") from err
+    if not os.access(directory, os.W_OK):
+        raise ValueError(f"cache_dir {str(directory)!r} is not writable; pass another directory or None")
+    return directory
+
+
+def _load_cached(path: Path, config: dict, seed: int, device: torch.device) -> TrainedModel:
+    """The model stored in ``path`` by :func:`train_annulus`, after checking that it is the model of ``config``."""
+    fix = f"delete {str(path)!r} to train the model again"
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+        if not isinstance(state, dict) or state.get("config") != config:
+            raise ValueError(f"it holds {'another configuration' if isinstance(state, dict) else 'no model'}")
+        losses, seconds = state["losses"], state["seconds"]
+        if not (isinstance(losses, list) and len(losses) == config["n_steps"] and isinstance(seconds, float)):
+            raise ValueError("its losses or training time are not those of a training run")
+        torch.manual_seed(seed)
+        model = build_model(config).to(device)
+        model.load_state_dict(state["model"])
+    except Exception as err:  # unreadable, truncated, written by something else: never use it silently
+        raise ValueError(f"the cache file {str(path)!r} is not a trained model of this config ({err}); {fix}") from err
+    return TrainedModel(model.eval(), list(losses), seconds, True)
 
 
 def train_annulus(config: dict = BEST_ANNULUS_CONFIG, *, seed: int = 0, device=None, cache_dir=None,
@@ -145,31 +180,31 @@ def train_annulus(config: dict = BEST_ANNULUS_CONFIG, *, seed: int = 0, device=N
     Args:
         config: a dict with the keys of :data:`SEED_ANNULUS_CONFIG` (default :data:`BEST_ANNULUS_CONFIG`).
         seed: a non-negative int.
-        device: where to train (default: CPU).
+        device: where to train: "cpu" (default), "cuda", ... (a device this machine has).
         cache_dir: a directory in which to look for / store the trained weights (a file named by a hash of
-            config, seed, device type and torch version); None: always train, store nothing.
-        progress: show a progress bar.
+            config, seed, device type, torch version and, if not float32, torch's default dtype); created if
+            missing, ``~`` expanded; None: always train, store nothing.
+        progress: show a progress bar (a bool).
 
     Returns:
         :class:`TrainedModel` ``(model, losses, seconds, from_cache)``.
 
     Raises:
-        ValueError: for a bad config or seed.
+        ValueError: for a bad config, seed, device or progress; a cache_dir that is not a non-empty path or cannot
+            be created or written (checked before training); a cache file of the right name that does not hold a
+            trained model of this config (it is never used or overwritten silently: delete it to train again).
     """
     if not isinstance(config, dict):
         raise ValueError(f"config must be a dict with the keys {sorted(_KEYS)}, got {type(config).__name__}")
     config = _check_config(config)
     seed = check_seed("seed", seed)
-    device = torch.device("cpu" if device is None else device)
+    device = check_device("device", "cpu" if device is None else device)
+    progress = check_bool("progress", progress)
     path = None
     if cache_dir is not None:
-        path = Path(cache_dir) / f"annulus-{_cache_key(config, seed, device)}.pt"
+        path = _cache_dir(cache_dir) / f"annulus-{_cache_key(config, seed, device)}.pt"
         if path.exists():
-            state = torch.load(path, map_location=device, weights_only=True)
-            torch.manual_seed(seed)
-            model = build_model(config).to(device)
-            model.load_state_dict(state["model"])
-            return TrainedModel(model.eval(), list(state["losses"]), float(state["seconds"]), True)
+            return _load_cached(path, config, seed, device)
     torch.manual_seed(seed)
     model = build_model(config).to(device)
     optimizer, scheduler = _default_adam(model, config["lr"], betas=(0.9, config["adam_beta2"])), None
@@ -182,8 +217,7 @@ def train_annulus(config: dict = BEST_ANNULUS_CONFIG, *, seed: int = 0, device=N
                        time_beta=config["time_beta"])
     seconds = time.perf_counter() - t0
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp = path.with_suffix(f".tmp{os.getpid()}-{threading.get_ident()}")  # one per writer
         torch.save({"model": model.state_dict(), "losses": losses, "seconds": seconds, "config": config}, tmp)
         os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
     return TrainedModel(model.eval(), losses, seconds, False)
@@ -223,7 +257,7 @@ def evaluate_annulus(model, n_points: int = 4000, *, seed: int = 4, rtol: float 
     if param is None:
         raise ValueError(f"model must be an nn.Module with parameters, got {type(model).__name__}")
     if getattr(model, "dim", 2) != 2:
-        raise ValueError(f"model must be a vector field on R^2 (the annulus), got one with dim = {model.dim}")
+        raise ValueError(f"model must be a vector field on R^2 (the annulus), got one with dim = {model.dim!r}")
     if param.dtype not in (torch.float32, torch.float64):
         raise ValueError(f"model must be float32 or float64 for the ODE solves, got {param.dtype}; "
                          f"evaluate a copy in float32 (copy.deepcopy(model).float())")

@@ -19,7 +19,8 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
-from ._checks import check_int_in, check_points, check_positive_int, check_positive_real, check_seed
+from ._checks import (check_bool, check_device, check_generator, check_int_in, check_points, check_positive_int,
+                      check_positive_real, check_seed)
 from .paths import GaussianPath, LinearPath
 
 __all__ = ["cfm_loss", "draw_times", "train_cfm"]
@@ -45,9 +46,11 @@ def cfm_loss(v: Callable, path: GaussianPath, x_1: torch.Tensor, generator: torc
         a scalar tensor, or shape (n,) with ``reduction="none"``.
 
     Raises:
-        ValueError: for a bad x_1 (or an empty one with reduction="mean"), a bad reduction or time_beta, a v that is
-            not callable or returns another shape than x, or a path that is not a :class:`fmlib.paths.GaussianPath`.
+        ValueError: for a bad x_1 (or an empty one with reduction="mean"), a bad reduction, time_beta or generator,
+            a v that is not callable or returns another shape than x, or a path that is not a
+            :class:`fmlib.paths.GaussianPath`.
     """
+    check_generator("generator", generator)
     if reduction not in ("mean", "none"):
         raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
     time_beta = check_positive_real("time_beta", time_beta)
@@ -80,9 +83,12 @@ def draw_times(n: int, time_beta: float = 1.0, *, t_max: float = 1.0, generator:
         times of shape (n, 1), in [0, t_max].
 
     Raises:
-        ValueError: for a bad n, time_beta, t_max or dtype.
+        ValueError: for a bad n, time_beta, t_max, dtype, generator or device.
     """
     n = check_int_in("n", n, 0)
+    check_generator("generator", generator)
+    if device is not None:
+        device = check_device("device", device)
     time_beta = check_positive_real("time_beta", time_beta)
     if isinstance(t_max, bool) or not isinstance(t_max, numbers.Real) or not 0 < t_max <= 1:
         raise ValueError(f"t_max must be a number in (0, 1], got {t_max!r}")
@@ -160,10 +166,12 @@ def train_cfm(model: torch.nn.Module, sample_data: Callable, *, path: GaussianPa
         the loss at every step, a list of ``n_steps`` floats. The model is left in ``eval()`` mode.
 
     Raises:
-        ValueError: for a non-positive n_steps or batch_size, a bad lr or seed, a model that is not an
-            ``nn.Module``, a path that is not a GaussianPath, a sampler whose output is not (batch_size, d), or a loss
-            that becomes NaN/inf (checked every 200 steps; the step is named and the model is reset to its weights
-            at the last check that passed).
+        ValueError: for a non-positive n_steps or batch_size, a bad lr, seed, device, progress or desc, a model that
+            is not an ``nn.Module``, a path that is not a GaussianPath, an optimizer that does not hold the model's
+            parameters, a scheduler without ``step()``, a sampler that cannot be called as above or whose output is
+            not a finite (batch_size, d) tensor, or a loss that becomes NaN/inf (checked every 200 steps). When
+            training stops part-way, the step is named and the model is reset to its weights at the last check that
+            passed.
     """
     n_steps = check_positive_int("n_steps", n_steps)
     batch_size = check_positive_int("batch_size", batch_size)
@@ -176,14 +184,26 @@ def train_cfm(model: torch.nn.Module, sample_data: Callable, *, path: GaussianPa
                          f"got {type(sample_data).__name__}")
     if seed is not None:
         seed = check_seed("seed", seed)
-    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
-        raise ValueError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    if optimizer is not None:
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise ValueError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        held = {id(q) for group in optimizer.param_groups for q in group["params"]}
+        if any(id(q) not in held for q in model.parameters() if q.requires_grad):
+            raise ValueError("optimizer must hold the model's parameters (build it with model.parameters()); "
+                             "it misses some of them, so they would never be trained")
+    if scheduler is not None and not callable(getattr(scheduler, "step", None)):
+        raise ValueError(f"scheduler must be a learning-rate scheduler with a step() method (e.g. "
+                         f"torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, n_steps)), got {scheduler!r}")
+    progress = check_bool("progress", progress)
+    if not isinstance(desc, str):
+        raise ValueError(f"desc must be a str (the progress bar's label), got {desc!r}")
     path = LinearPath(0.0) if path is None else path
     _check_v_and_path(model, path)
     if device is None:
         p = next(model.parameters(), None)
-        device = p.device if p is not None else torch.device("cpu")
-    device = torch.device(device)
+        device = check_device("device (the model's)", p.device if p is not None else "cpu")
+    else:
+        device = check_device("device", device)
     model.to(device).train()
     generator = torch.Generator(device=device)
     if seed is not None:
@@ -193,7 +213,12 @@ def train_cfm(model: torch.nn.Module, sample_data: Callable, *, path: GaussianPa
     if optimizer is None:
         optimizer = _default_adam(model, lr)
 
-    x_check = check_points("sample_data(batch_size)", sample_data(batch_size, generator=generator, device=device))
+    try:
+        x_check = sample_data(batch_size, generator=generator, device=device)
+    except TypeError as err:
+        raise ValueError(f"sample_data must be callable as sample_data(n, generator=g, device=device) (e.g. "
+                         f"fmlib.sample_annulus); calling it so failed with: {err}") from err
+    x_check = check_points("sample_data(batch_size)", x_check)
     if x_check.shape[0] != batch_size:
         raise ValueError(f"sample_data(batch_size) must return batch_size = {batch_size} rows, "
                          f"got shape {tuple(x_check.shape)}")
@@ -204,11 +229,17 @@ def train_cfm(model: torch.nn.Module, sample_data: Callable, *, path: GaussianPa
     last_good, checked = _snapshot(model, optimizer), 0
     bar = tqdm(range(n_steps), desc=desc, disable=not progress, mininterval=2.0, unit="step")
     for step in bar:
-        x_1 = sample_data(batch_size, generator=generator, device=device)
-        if x_1.shape != x_check.shape:
-            raise ValueError(f"sample_data(batch_size) returned shape {tuple(x_1.shape)} at step {step}, "
-                             f"expected {tuple(x_check.shape)}")
-        loss = _cfm_loss(model, path, x_1, generator, time_beta=time_beta)
+        try:
+            x_1 = sample_data(batch_size, generator=generator, device=device)
+            if x_1.shape != x_check.shape:
+                raise ValueError(f"sample_data(batch_size) returned shape {tuple(x_1.shape)}, "
+                                 f"expected {tuple(x_check.shape)}")
+            loss = _cfm_loss(model, path, x_1, generator, time_beta=time_beta)
+        except ValueError as err:  # e.g. NaN data reaching the model's input check
+            _restore(model, optimizer, last_good)
+            model.eval()
+            raise ValueError(f"training stopped at step {step}: {err} (check sample_data's output); the model was "
+                             f"reset to {_weights_at(checked)}") from err
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -223,7 +254,7 @@ def train_cfm(model: torch.nn.Module, sample_data: Callable, *, path: GaussianPa
                 model.eval()
                 raise ValueError(f"the loss became non-finite at step {bad} (lr={lr!r}, d={d}): the learning rate "
                                  f"may be too large or sample_data may have returned NaN/inf or huge values; the "
-                                 f"model was reset to its weights after step {checked - 1}")
+                                 f"model was reset to {_weights_at(checked)}")
             checked, last_good = step + 1, _snapshot(model, optimizer)
         if progress and (step % 500 == 0 or step == n_steps - 1):
             bar.set_postfix(loss=f"{float(losses[step]):.3f}", refresh=False)
@@ -232,6 +263,10 @@ def train_cfm(model: torch.nn.Module, sample_data: Callable, *, path: GaussianPa
 
 
 CHECK_EVERY = 200  # steps between checks of the loss for NaN/inf (one host synchronisation each)
+
+
+def _weights_at(checked: int) -> str:
+    return "its initial weights" if checked == 0 else f"its weights after step {checked - 1}"
 
 
 def _snapshot(model, optimizer):

@@ -105,3 +105,75 @@ def test_numpy_scalars_accepted_and_recipe_config_normalised():
     fmlib.seed_everything(np.int64(3))
     with pytest.raises(ValueError, match="seed"):
         fmlib.seed_everything(2**32)
+
+
+# --- second break-it round: devices, optimizers, schedulers, data that turns bad, solver underflow, the cache ---
+
+def _tiny_model():
+    return MLPVectorField(2, width=8, depth=1)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(device="meta"), "device"), (dict(device="bogus"), "device"), (dict(device=True), "device"),
+    (dict(scheduler="cosine"), "scheduler"), (dict(progress="no"), "progress"), (dict(desc=5), "desc"),
+])
+def test_training_argument_checks_more(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        train_cfm(_tiny_model(), sample_annulus, n_steps=2, batch_size=8, **({"progress": False} | kwargs))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_cuda_without_gpu_is_a_clear_error():
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        train_cfm(_tiny_model(), sample_annulus, n_steps=2, batch_size=8, progress=False, device="cuda")
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        fmlib.draw_times(3, device="cuda")
+
+
+def test_optimizer_must_hold_the_models_parameters():
+    model, other = _tiny_model(), _tiny_model()
+    with pytest.raises(ValueError, match="optimizer must hold the model's parameters"):
+        train_cfm(model, sample_annulus, n_steps=2, batch_size=8, progress=False,
+                  optimizer=torch.optim.Adam(other.parameters()))
+
+
+def test_generator_must_be_a_torch_generator():
+    with pytest.raises(ValueError, match="generator must be a torch.Generator"):
+        cfm_loss(_tiny_model(), LinearPath(), sample_annulus(4), generator=0)
+    with pytest.raises(ValueError, match="generator must be a torch.Generator"):
+        fmlib.draw_times(3, generator=np.random.default_rng(0))
+
+
+def test_sampler_without_generator_keyword():
+    with pytest.raises(ValueError, match="sample_data must be callable as sample_data"):
+        train_cfm(_tiny_model(), lambda n: torch.randn(n, 2), n_steps=2, batch_size=8, progress=False)
+
+
+def test_data_that_turns_nan_stops_training_and_restores_the_weights():
+    """A sampler that returns NaN at its 6th call (step 4): the step is named, the model is back at its initial
+    weights (no check passed yet) and in eval mode."""
+    calls = {"n": 0}
+
+    def flaky(n, generator=None, device=None):
+        calls["n"] += 1
+        x = sample_annulus(n, generator=generator, device=device)
+        return x * float("nan") if calls["n"] == 6 else x
+
+    model = _tiny_model()
+    initial = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match="training stopped at step 4: .*initial weights"):
+        train_cfm(model, flaky, n_steps=10, batch_size=8, progress=False)
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), initial)) and not model.training
+
+
+def test_divergence_before_the_first_check_names_the_initial_weights():
+    with pytest.raises(ValueError, match="reset to its initial weights"):
+        train_cfm(_tiny_model(), sample_annulus, n_steps=30, lr=1e30, progress=False)
+
+
+def test_adaptive_solver_underflow_is_a_value_error():
+    """A field that blows up makes dopri5's step size underflow: a ValueError that says so, not an AssertionError."""
+    with pytest.raises(ValueError, match="step size underflowed"):
+        solve_ode(lambda t, x: 1e3 * x, torch.randn(5, 2), "dopri5")
+    with pytest.raises(ValueError, match="step size underflowed"):
+        log_likelihood(lambda t, x: torch.exp(50 * t) * x, torch.randn(5, 2), "dopri5")

@@ -130,3 +130,58 @@ def test_default_cache_dir(tmp_path, monkeypatch):
     assert default_cache_dir() == tmp_path / "_build" / "fmbook-cache"
     monkeypatch.setenv("FMBOOK_CACHE", str(tmp_path / "elsewhere"))
     assert default_cache_dir() == tmp_path / "elsewhere"
+    monkeypatch.setenv("FMBOOK_CACHE", "")  # empty: as if unset (not the working directory)
+    assert default_cache_dir() == tmp_path / "_build" / "fmbook-cache"
+
+
+def test_cache_file_of_another_config_or_corrupt_is_refused(tmp_path):
+    """A file with the right name but the wrong content is never used (nor overwritten): a ValueError names it."""
+    import shutil
+
+    first = train_annulus(TINY, cache_dir=tmp_path)
+    (ours,) = tmp_path.glob("annulus-*.pt")
+    other = train_annulus(dict(TINY, n_steps=7), cache_dir=tmp_path / "other")
+    (theirs,) = (tmp_path / "other").glob("annulus-*.pt")
+    shutil.copy(theirs, ours)
+    with pytest.raises(ValueError, match="another configuration"):
+        train_annulus(TINY, cache_dir=tmp_path)
+    assert len(other.losses) == 7 and len(first.losses) == 20
+    for content in (b"garbage", b""):
+        ours.write_bytes(content)
+        with pytest.raises(ValueError, match="delete .* to train the model again"):
+            train_annulus(TINY, cache_dir=tmp_path)
+        assert ours.read_bytes() == content  # left as it was
+
+
+def test_cache_dir_is_checked_before_training(tmp_path, monkeypatch):
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    for bad in (a_file, a_file / "sub", "", 123, b"/tmp/x"):
+        with pytest.raises(ValueError, match="cache_dir"):
+            train_annulus(dict(TINY, n_steps=10**6), cache_dir=bad)  # would take minutes if it trained first
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert not train_annulus(TINY, cache_dir="~/fmcache").from_cache
+    assert len(list((tmp_path / "fmcache").glob("annulus-*.pt"))) == 1  # ~ expanded, no literal "~" folder
+
+
+def test_cache_key_depends_on_the_default_dtype(tmp_path):
+    from fmlib.recipes import _cache_key
+
+    key32 = _cache_key(TINY, 0, torch.device("cpu"))
+    old = torch.get_default_dtype()
+    try:
+        torch.set_default_dtype(torch.float64)
+        assert _cache_key(TINY, 0, torch.device("cpu")) != key32
+    finally:
+        torch.set_default_dtype(old)
+    assert _cache_key(TINY, 0, torch.device("cpu")) == key32
+
+
+def test_device_and_progress_checked():
+    for bad in ("meta", "bogus", True):
+        with pytest.raises(ValueError, match="device"):
+            train_annulus(TINY, device=bad)
+    with pytest.raises(ValueError, match="progress"):
+        train_annulus(TINY, progress="no")
+    with pytest.raises(ValueError, match=r"config\['sigma_min'\]"):
+        train_annulus(dict(TINY, sigma_min=-0.1))
