@@ -48,6 +48,8 @@ VARIANTS = {
     "5 layers": ("the previous best setup with 5 hidden layers", dict(PREVIOUS_BEST, depth=5)),
     "+beta2": ("... and Adam's beta_2 = 0.99", dict(PREVIOUS_BEST, depth=5, adam_beta2=0.99)),
     "best": ("the book's best setup: ... 10k steps", BEST_ANNULUS_CONFIG),
+    "best, 4 layers": ("the best setup with 4 hidden layers", dict(BEST_ANNULUS_CONFIG, depth=4)),
+    "best, 9k steps": ("the best setup with 9,000 steps", dict(BEST_ANNULUS_CONFIG, n_steps=9_000)),
 }
 
 
