@@ -16,7 +16,7 @@ from typing import Callable
 
 import torch
 
-from ._checks import check_choice, check_points, check_positive_int
+from ._checks import check_choice, check_device, check_generator, check_points, check_positive_int
 
 __all__ = ["STAGES", "euler_step", "midpoint_step", "rk4_step", "solve", "sample"]
 
@@ -130,9 +130,15 @@ def sample(v: VectorField, n: int, dim: int, n_steps: int = 50, method: str = "e
         as :func:`solve`: samples of shape (n, dim), and optionally the trajectory.
 
     Raises:
-        ValueError: as :func:`solve`, or if n or dim is not a positive integer.
+        ValueError: as :func:`solve`, if n or dim is not a positive integer, or for a bad generator, device
+            (e.g. "cuda" without a GPU) or dtype.
     """
     n = check_positive_int("n", n)
     dim = check_positive_int("dim", dim)
+    check_generator("generator", generator)
+    if device is not None:
+        device = check_device("device", device)
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"dtype must be a floating-point torch.dtype such as torch.float32, got {dtype!r}")
     x_0 = torch.randn(n, dim, generator=generator, device=device, dtype=dtype)
     return solve(v, x_0, n_steps, method, **kwargs)

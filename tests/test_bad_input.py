@@ -177,3 +177,14 @@ def test_adaptive_solver_underflow_is_a_value_error():
         solve_ode(lambda t, x: 1e3 * x, torch.randn(5, 2), "dopri5")
     with pytest.raises(ValueError, match="step size underflowed"):
         log_likelihood(lambda t, x: torch.exp(50 * t) * x, torch.randn(5, 2), "dopri5")
+
+
+def test_sample_checks_device_generator_and_dtype():
+    v = lambda t, x: torch.zeros_like(x)  # noqa: E731
+    for kwargs, match in ((dict(device="meta"), "device"), (dict(generator=1), "generator"),
+                          (dict(dtype=torch.int64), "dtype")):
+        with pytest.raises(ValueError, match=match):
+            fmlib.sample(v, 4, 2, **kwargs)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            fmlib.sample(v, 4, 2, device="cuda")
