@@ -248,26 +248,20 @@ def bench_book():
     """Seconds per chapter for a first build (an empty weight cache: every model is trained) and for a rebuild of
     the chapters that stored trained weights (which then load them)."""
     import tempfile
+    from unittest import mock
 
     first, rebuild = {}, {}
-    old_cache = os.environ.get("FMBOOK_CACHE")
-    with tempfile.TemporaryDirectory() as cache:
-        os.environ["FMBOOK_CACHE"] = cache  # the kernels inherit it (fmlib.recipes.default_cache_dir)
-        try:
-            chapters = [p for p in sorted((ROOT / "book").glob("*.ipynb"))
-                        if p.stem != "appendix_benchmarks"]  # that page shows results.json, being written now
-            for path in chapters:
-                before = set(os.listdir(cache))
-                first[path.stem] = _execute(path)
-                print(f"   {path.stem}: {first[path.stem]:.1f} s", flush=True)
-                if set(os.listdir(cache)) != before:  # it trained and cached models: time a rebuild too
-                    rebuild[path.stem] = _execute(path)
-                    print(f"   {path.stem} again, with the cached weights: {rebuild[path.stem]:.1f} s", flush=True)
-        finally:
-            if old_cache is None:
-                os.environ.pop("FMBOOK_CACHE", None)
-            else:
-                os.environ["FMBOOK_CACHE"] = old_cache
+    chapters = [p for p in sorted((ROOT / "book").glob("*.ipynb"))
+                if p.stem != "appendix_benchmarks"]  # that page shows results.json, being written now
+    # the kernels inherit FMBOOK_CACHE (fmlib.recipes.default_cache_dir); it is restored afterwards
+    with tempfile.TemporaryDirectory() as cache, mock.patch.dict(os.environ, {"FMBOOK_CACHE": cache}):
+        for path in chapters:
+            before = set(os.listdir(cache))
+            first[path.stem] = _execute(path)
+            print(f"   {path.stem}: {first[path.stem]:.1f} s", flush=True)
+            if set(os.listdir(cache)) != before:  # it trained and cached models: time a rebuild too
+                rebuild[path.stem] = _execute(path)
+                print(f"   {path.stem} again, with the cached weights: {rebuild[path.stem]:.1f} s", flush=True)
     return {"chapter_seconds": first, "book_seconds": sum(first.values()), "rebuild_seconds": rebuild,
             "book_rebuild_seconds": sum(rebuild.get(k, v) for k, v in first.items()), "target_book_seconds": 180}
 

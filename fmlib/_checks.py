@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 __all__ = ["as_time", "check_points", "check_finite", "check_positive_int", "check_int_in", "check_bool",
-           "check_positive_real", "check_sigma_min", "check_choice", "check_seed", "check_device", "check_generator"]
+           "check_positive_real", "check_sigma_min", "check_choice", "check_seed", "check_device", "check_generator",
+           "check_float_dtype"]
 
 
 _INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
@@ -158,6 +159,13 @@ def check_generator(name: str, generator) -> torch.Generator | None:
         raise ValueError(f"{name} must be a torch.Generator or None (e.g. torch.Generator().manual_seed(0)), "
                          f"got {type(generator).__name__}")
     return generator
+
+
+def check_float_dtype(name: str, dtype) -> torch.dtype:
+    """Return ``dtype`` if it is a floating-point ``torch.dtype``, else raise ``ValueError``."""
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"{name} must be a floating-point torch.dtype such as torch.float32, got {dtype!r}")
+    return dtype
 
 
 def check_choice(name: str, value, choices) -> str:

@@ -194,8 +194,6 @@ def train_annulus(config: dict = BEST_ANNULUS_CONFIG, *, seed: int = 0, device=N
             be created or written (checked before training); a cache file of the right name that does not hold a
             trained model of this config (it is never used or overwritten silently: delete it to train again).
     """
-    if not isinstance(config, dict):
-        raise ValueError(f"config must be a dict with the keys {sorted(_KEYS)}, got {type(config).__name__}")
     config = _check_config(config)
     seed = check_seed("seed", seed)
     device = check_device("device", "cpu" if device is None else device)

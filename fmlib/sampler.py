@@ -16,7 +16,7 @@ from typing import Callable
 
 import torch
 
-from ._checks import check_choice, check_device, check_generator, check_points, check_positive_int
+from ._checks import check_choice, check_device, check_float_dtype, check_generator, check_points, check_positive_int
 
 __all__ = ["STAGES", "euler_step", "midpoint_step", "rk4_step", "solve", "sample"]
 
@@ -138,7 +138,6 @@ def sample(v: VectorField, n: int, dim: int, n_steps: int = 50, method: str = "e
     check_generator("generator", generator)
     if device is not None:
         device = check_device("device", device)
-    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-        raise ValueError(f"dtype must be a floating-point torch.dtype such as torch.float32, got {dtype!r}")
+    check_float_dtype("dtype", dtype)
     x_0 = torch.randn(n, dim, generator=generator, device=device, dtype=dtype)
     return solve(v, x_0, n_steps, method, **kwargs)

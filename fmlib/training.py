@@ -19,8 +19,8 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
-from ._checks import (check_bool, check_device, check_generator, check_int_in, check_points, check_positive_int,
-                      check_positive_real, check_seed)
+from ._checks import (check_bool, check_device, check_float_dtype, check_generator, check_int_in, check_points,
+                      check_positive_int, check_positive_real, check_seed)
 from .paths import GaussianPath, LinearPath
 
 __all__ = ["cfm_loss", "draw_times", "train_cfm"]
@@ -92,8 +92,8 @@ def draw_times(n: int, time_beta: float = 1.0, *, t_max: float = 1.0, generator:
     time_beta = check_positive_real("time_beta", time_beta)
     if isinstance(t_max, bool) or not isinstance(t_max, numbers.Real) or not 0 < t_max <= 1:
         raise ValueError(f"t_max must be a number in (0, 1], got {t_max!r}")
-    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-        raise ValueError(f"dtype must be a floating-point torch.dtype such as torch.float32, got {dtype!r}")
+    if dtype is not None:
+        check_float_dtype("dtype", dtype)
     u = torch.rand(n, 1, generator=generator, device=device, dtype=dtype)
     if time_beta == 1.0:
         t = u  # u itself, not 1 - (1 - u), which differs by rounding: uniform runs stay bit-identical
