@@ -219,16 +219,24 @@ def bench_quality(n_eval, quick):
     floor = sample_metrics(true_a, true_b)
     floor["heldout_nll"] = fmlib.annulus_entropy()  # the exact entropy: no model can do better in expectation
     rows = {"floor (two true samples)": floor}
+    runs = {}
     for name, cfg in (("seed setup", recipes.SEED_ANNULUS_CONFIG), ("book's best setup", recipes.BEST_ANNULUS_CONFIG)):
-        trained = recipes.train_annulus(cfg, seed=0, progress=False)  # trained now, never from a cache
+        trained = runs[name] = recipes.train_annulus(cfg, seed=0, progress=False)  # trained now, never from a cache
         x = fmlib.sample(trained.model, n_eval, dim=2, n_steps=50, method="rk4",
                          generator=torch.Generator().manual_seed(7))
         row = sample_metrics(x, true_a)
         row["heldout_nll"] = heldout_nll(trained.model, held_out)
         row["train_seconds"] = trained.seconds
         rows[name] = row
+    # the same two trainings side by side, as chapter 08 runs them: the best setup here, the seed's in a worker
+    t0 = time.perf_counter()
+    best, seed = recipes.train_annulus_many([recipes.BEST_ANNULUS_CONFIG, recipes.SEED_ANNULUS_CONFIG], seed=0)
+    side_by_side = {"wall_seconds": time.perf_counter() - t0, "best_seconds": best.seconds, "seed_seconds": seed.seconds,
+                    "one_after_the_other_seconds": sum(r.seconds for r in runs.values()),
+                    "same_models": best.losses == runs["book's best setup"].losses
+                    and seed.losses == runs["seed setup"].losses}
     return {"n_eval": n_eval, "n_heldout": len(held_out), "sampler": "rk4, 50 steps", "rows": rows,
-            "entropy_floor_nats": fmlib.annulus_entropy(),
+            "side_by_side": side_by_side, "entropy_floor_nats": fmlib.annulus_entropy(),
             "configs": {"seed setup": recipes.SEED_ANNULUS_CONFIG, "book's best setup": recipes.BEST_ANNULUS_CONFIG}}
 
 
@@ -305,6 +313,11 @@ def format_table(res) -> str:
             ts = f"{r['train_seconds']:.1f}" if "train_seconds" in r else "-"
             lines.append(f"   {name:26s} {r['inside_2_3']:9.4f} {r['ks_radius']:7.4f} {r['sliced_w2']:8.4f} "
                          f"{r['energy']:9.5f} {r['heldout_nll']:8.4f} {ts:>8s}")
+        if "side_by_side" in q:
+            sbs = q["side_by_side"]
+            lines.append(f"   both trainings one after the other: {sbs['one_after_the_other_seconds']:.1f} s; side by "
+                         f"side (train_annulus_many): {sbs['wall_seconds']:.1f} s (best {sbs['best_seconds']:.1f} s, "
+                         f"seed {sbs['seed_seconds']:.1f} s), same models: {sbs['same_models']}")
     if "book" in res:
         b = res["book"]
         lines += ["", f"4. Book cost: whole book {b['book_seconds']:.0f} s for a first build (every model trained), "

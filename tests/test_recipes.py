@@ -185,3 +185,56 @@ def test_device_and_progress_checked():
         train_annulus(TINY, progress="no")
     with pytest.raises(ValueError, match=r"config\['sigma_min'\]"):
         train_annulus(dict(TINY, sigma_min=-0.1))
+
+
+def test_train_annulus_many_equals_train_annulus_one_by_one(tmp_path):
+    """Side by side (this process + a spawned worker, one thread each) gives the very models of train_annulus, in the
+    order of the configs; the thread count is restored; a second call loads every model from the cache."""
+    from fmlib.recipes import train_annulus_many
+
+    configs = [dict(TINY, schedule="cosine"), dict(TINY, width=16, time_frequencies=2, residual=True)]
+    threads = torch.get_num_threads()
+    runs = train_annulus_many(configs, seed=2, cache_dir=tmp_path, processes=2)
+    assert torch.get_num_threads() == threads
+    for cfg, run in zip(configs, runs):
+        alone = train_annulus(cfg, seed=2)
+        assert run.losses == alone.losses and not run.from_cache and run.seconds > 0
+        assert all(torch.equal(p, q) for p, q in zip(run.model.parameters(), alone.model.parameters()))
+    assert len(list(tmp_path.glob("annulus-*.pt"))) == 2  # the worker wrote its file too
+    again = train_annulus_many(configs, seed=2, cache_dir=tmp_path)
+    assert all(r.from_cache and r.losses == s.losses for r, s in zip(again, runs))
+    # processes=1: one after the other in this process, the same models
+    (one,) = train_annulus_many(configs[1:], seed=2, processes=1)
+    assert one.losses == runs[1].losses
+
+
+def test_train_annulus_many_keeps_the_default_dtype():
+    """A spawned worker starts with float32: it is given the caller's default dtype (here float64)."""
+    from fmlib.recipes import train_annulus_many
+
+    old = torch.get_default_dtype()
+    try:
+        torch.set_default_dtype(torch.float64)
+        runs = train_annulus_many([TINY, dict(TINY, width=8)], seed=1, processes=2)
+        alone = train_annulus(dict(TINY, width=8), seed=1)
+    finally:
+        torch.set_default_dtype(old)
+    assert all(next(r.model.parameters()).dtype == torch.float64 for r in runs)
+    assert runs[1].losses == alone.losses
+
+
+@pytest.mark.parametrize("configs,kwargs,match", [
+    ([], {}, "configs must be a non-empty list"),
+    (TINY, {}, "configs must be a non-empty list"),  # a dict, not a list of dicts
+    ([TINY, dict(TINY, width=0)], {}, r"configs\[1\]: config\['width'\]"),
+    ([TINY], {"processes": 0}, "processes"),
+    ([TINY], {"processes": True}, "processes"),
+    ([TINY], {"seed": -1}, "seed"),
+    ([TINY], {"device": "meta"}, "device"),
+    ([TINY], {"cache_dir": ""}, "cache_dir"),
+])
+def test_train_annulus_many_bad_input(configs, kwargs, match):
+    from fmlib.recipes import train_annulus_many
+
+    with pytest.raises(ValueError, match=match):
+        train_annulus_many(configs, **kwargs)
