@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import json
 import multiprocessing
 import numbers
@@ -25,7 +26,6 @@ import os
 import tempfile
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
 
@@ -162,12 +162,10 @@ def _load_cached(path: Path, config: dict, seed: int, device: torch.device) -> T
         losses, seconds = state["losses"], state["seconds"]
         if not (isinstance(losses, list) and len(losses) == config["n_steps"] and isinstance(seconds, float)):
             raise ValueError("its losses or training time are not those of a training run")
-        torch.manual_seed(seed)
-        model = build_model(config).to(device)
-        model.load_state_dict(state["model"])
+        model = _model_with(config, seed, device, state["model"])
     except Exception as err:  # unreadable, truncated, written by something else: never use it silently
         raise ValueError(f"the cache file {str(path)!r} is not a trained model of this config ({err}); {fix}") from err
-    return TrainedModel(model.eval(), list(losses), seconds, True)
+    return TrainedModel(model, list(losses), seconds, True)
 
 
 def train_annulus(config: dict = BEST_ANNULUS_CONFIG, *, seed: int = 0, device=None, cache_dir=None,
@@ -231,27 +229,37 @@ def train_annulus_many(configs, *, seed: int = 0, device=None, cache_dir=None, p
     r"""Train several configs as :func:`train_annulus` does, side by side on a CPU: the same models, sooner.
 
     A training step of these small networks is a chain of short operations; a second CPU core barely speeds it up
-    (book chapter "Sampling and likelihood" measures this). So on a CPU, up to ``processes`` of the configs that are
-    not in the cache train at once: the first of them in this process, the others in worker processes, and they
-    share this process's torch threads (``torch.get_num_threads()`` divided among them, at least one each; it is
-    restored afterwards). Put the longest training first: it starts at once, while a worker first spends a few
-    seconds importing torch. The results are identical to calling :func:`train_annulus` for each config in turn:
-    same weights, same losses (tested); ``seconds`` is each training's own wall-clock time in its worker.
+    (book chapter "Sampling and likelihood" measures this). So on a CPU the configs that are not in the cache are
+    shared out among ``processes`` trainers that run at once: this process and ``processes - 1`` worker processes,
+    each with an equal part of this process's torch threads (``torch.get_num_threads()`` divided among them, at
+    least one each). The results are identical to calling :func:`train_annulus` for each config in turn: same
+    weights, same losses (tested); ``seconds`` is each training's own wall-clock time. Put the longest training
+    first: this process starts on it at once, while a worker first spends a few seconds starting Python and
+    importing torch (which also makes side by side slower for trainings of a few seconds).
+
+    Worker processes are started with "spawn", which imports the calling script: in a script, call this under
+    ``if __name__ == "__main__":`` (notebooks need nothing). While it runs, torch's thread count, which is the
+    same for the whole process, is lowered; calls from several threads run one after the other. Like
+    :func:`train_annulus` it seeds torch's global generator, whose state afterwards may differ from the one that
+    the one-by-one calls leave.
 
     Args:
         configs: a non-empty list or tuple of config dicts (see :func:`train_annulus`).
         seed, device, cache_dir: as in :func:`train_annulus`, the same for every config. On a GPU ("cuda", "mps")
             the configs are trained one after the other in this process.
-        processes: the most worker processes to start, a positive int; None: the number of CPU cores this process
-            may use. 1 trains one config after the other in this process.
+        processes: how many trainings run at once, this process included: a positive int; None: the number of
+            CPU cores this process may use; 1 trains one config after the other in this process.
 
     Returns:
         a list of :class:`TrainedModel`, one per config, in the order of ``configs``; the models are on ``device``.
 
     Raises:
-        ValueError: for configs that is not a non-empty list or tuple, a bad config (the message names its index),
-            seed, device, cache_dir or processes, and for anything :func:`train_annulus` raises. Everything is
-            checked before any worker starts.
+        ValueError: for configs that is not a non-empty list or tuple, a bad config, seed, device, cache_dir or
+            processes (all checked before any training starts), and for anything :func:`train_annulus` raises
+            while training; a message about one config starts with its index, ``configs[i]:``. A failure in this
+            process stops the workers at once; a failure in a worker is raised when this process's own trainings
+            are done.
+        RuntimeError: if a worker process ends without a result (e.g. it could not import the calling script).
     """
     if not isinstance(configs, (list, tuple)) or not configs:
         raise ValueError(f"configs must be a non-empty list or tuple of config dicts (e.g. [SEED_ANNULUS_CONFIG, "
@@ -265,49 +273,101 @@ def train_annulus_many(configs, *, seed: int = 0, device=None, cache_dir=None, p
     seed = check_seed("seed", seed)
     device = check_device("device", "cpu" if device is None else device)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if processes is None:
-        processes = cores
-    processes = check_positive_int("processes", processes)
+    processes = check_positive_int("processes", cores if processes is None else processes)
     if cache_dir is not None:
         cache_dir = _cache_dir(cache_dir)
+
+    def train(i):  # one config in this process; errors name the config
+        try:
+            return train_annulus(checked[i], seed=seed, device=device, cache_dir=cache_dir)
+        except ValueError as err:
+            raise ValueError(f"configs[{i}]: {err}") from err
+
     results = [None] * len(checked)
     to_train = []
     for i, config in enumerate(checked):
         if cache_dir is not None and (cache_dir / f"annulus-{_cache_key(config, seed, device)}.pt").exists():
-            results[i] = train_annulus(config, seed=seed, device=device, cache_dir=cache_dir)  # loads it
+            results[i] = train(i)  # loads it
         else:
             to_train.append(i)
-    workers = min(processes, len(to_train))
-    if device.type != "cpu" or workers <= 1:
-        for i in to_train:
-            results[i] = train_annulus(checked[i], seed=seed, device=device, cache_dir=cache_dir)
-        return results
-    # the first config trains here, the others in worker processes started with "spawn" (a fresh interpreter each:
-    # safe in notebooks and with torch's thread pools, where "fork" is not); all share this process's threads
-    threads = max(1, torch.get_num_threads() // workers)
-    first, others = to_train[0], to_train[1:]
-    with ProcessPoolExecutor(workers - 1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {i: pool.submit(_train_in_worker, checked[i], seed, cache_dir, threads, torch.get_default_dtype())
-                   for i in others}
-        saved = torch.get_num_threads()
-        torch.set_num_threads(threads)
+    trainers = min(processes, len(to_train))
+    if device.type != "cpu" or trainers <= 1:
+        return [run if run is not None else train(i) for i, run in enumerate(results)]
+
+    shares = [to_train[k::trainers] for k in range(trainers)]  # shares[0] trains here, the others in workers
+    with _SIDE_BY_SIDE:
+        threads = max(1, torch.get_num_threads() // trainers)
+        context, workers = multiprocessing.get_context("spawn"), []
         try:
-            results[first] = train_annulus(checked[first], seed=seed, device=device, cache_dir=cache_dir)
-        except BaseException:
-            pool.shutdown(cancel_futures=True)
-            raise
-        finally:
-            torch.set_num_threads(saved)
-        for i, future in futures.items():
-            results[i] = future.result()
+            for share in shares[1:]:
+                receiver, sender = context.Pipe(duplex=False)
+                jobs = [(i, checked[i]) for i in share]
+                worker = context.Process(target=_worker, daemon=True, args=(jobs, seed, cache_dir, threads,
+                                                                             torch.get_default_dtype(), sender))
+                worker.start()
+                sender.close()  # the worker holds the sending end now: its exit ends the pipe
+                workers.append((worker, receiver, share))
+            saved = torch.get_num_threads()
+            torch.set_num_threads(threads)
+            try:
+                for i in shares[0]:
+                    results[i] = train(i)
+            finally:
+                torch.set_num_threads(saved)
+            for worker, receiver, share in workers:
+                for _ in share:
+                    i, run = _receive(receiver, checked, seed)
+                    results[i] = run
+        finally:  # normally they have finished; after an error they are stopped here
+            for worker, receiver, _ in workers:
+                worker.terminate()
+                worker.join()
+                receiver.close()
     return results
 
 
-def _train_in_worker(config, seed, cache_dir, threads, dtype):
-    """:func:`train_annulus` on the CPU in a worker process of :func:`train_annulus_many`."""
+_SIDE_BY_SIDE = threading.Lock()  # torch's thread count is process-wide: one train_annulus_many at a time
+
+
+def _worker(jobs, seed, cache_dir, threads, dtype, sender):
+    """A worker process of :func:`train_annulus_many`: trains ``jobs``, a list of (index, config), on the CPU."""
     torch.set_num_threads(threads)
     torch.set_default_dtype(dtype)  # as in the calling process (a fresh interpreter starts with float32)
-    return train_annulus(config, seed=seed, device="cpu", cache_dir=cache_dir)
+    for i, config in jobs:
+        try:
+            run = train_annulus(config, seed=seed, device="cpu", cache_dir=cache_dir)
+        except Exception as err:  # sent as text: any exception can be, and the caller raises it with the index
+            sender.send(("error", i, type(err).__name__, str(err)))
+            return
+        weights = io.BytesIO()
+        torch.save(run.model.state_dict(), weights)  # bytes, not tensors: torch would pass those as shared memory
+        sender.send(("done", i, weights.getvalue(), run.losses, run.seconds))
+
+
+def _receive(receiver, checked, seed):
+    """The next (index, TrainedModel) a worker of :func:`train_annulus_many` sends; its error, raised here."""
+    try:
+        message = receiver.recv()
+    except EOFError:
+        raise RuntimeError("a worker process of train_annulus_many ended without a result; in a script, call it "
+                           "under if __name__ == '__main__': (workers start with 'spawn' and import the script), "
+                           "or pass processes=1 to train in this process") from None
+    if message[0] == "error":
+        _, i, kind, text = message
+        raise (ValueError if kind == "ValueError" else RuntimeError)(
+            f"configs[{i}]: {text}" if kind == "ValueError" else f"configs[{i}]: training failed in a worker "
+                                                                 f"process with {kind}: {text}")
+    _, i, weights, losses, seconds = message
+    state = torch.load(io.BytesIO(weights), weights_only=True)
+    return i, TrainedModel(_model_with(checked[i], seed, torch.device("cpu"), state), losses, seconds, False)
+
+
+def _model_with(config, seed, device, state):
+    """The model of ``config`` with the weights ``state``, built as :func:`train_annulus` builds it."""
+    torch.manual_seed(seed)
+    model = build_model(config).to(device)
+    model.load_state_dict(state)
+    return model.eval()
 
 
 def evaluate_annulus(model, n_points: int = 4000, *, seed: int = 4, rtol: float = 1e-5, atol: float = 1e-5) -> dict:

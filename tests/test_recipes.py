@@ -192,19 +192,21 @@ def test_train_annulus_many_equals_train_annulus_one_by_one(tmp_path):
     order of the configs; the thread count is restored; a second call loads every model from the cache."""
     from fmlib.recipes import train_annulus_many
 
-    configs = [dict(TINY, schedule="cosine"), dict(TINY, width=16, time_frequencies=2, residual=True)]
+    configs = [dict(TINY, schedule="cosine"), dict(TINY, width=16, time_frequencies=2, residual=True),
+               dict(TINY, width=8)]  # three configs, two trainers: the worker trains the second and the third
     threads = torch.get_num_threads()
     runs = train_annulus_many(configs, seed=2, cache_dir=tmp_path, processes=2)
     assert torch.get_num_threads() == threads
     for cfg, run in zip(configs, runs):
         alone = train_annulus(cfg, seed=2)
-        assert run.losses == alone.losses and not run.from_cache and run.seconds > 0
+        assert run.losses == alone.losses and not run.from_cache and run.seconds > 0 and not run.model.training
         assert all(torch.equal(p, q) for p, q in zip(run.model.parameters(), alone.model.parameters()))
-    assert len(list(tmp_path.glob("annulus-*.pt"))) == 2  # the worker wrote its file too
+        assert not any(p.is_shared() for p in run.model.parameters())  # plain tensors, no file descriptor each
+    assert len(list(tmp_path.glob("annulus-*.pt"))) == 3  # the worker wrote its files too
     again = train_annulus_many(configs, seed=2, cache_dir=tmp_path)
     assert all(r.from_cache and r.losses == s.losses for r, s in zip(again, runs))
     # processes=1: one after the other in this process, the same models
-    (one,) = train_annulus_many(configs[1:], seed=2, processes=1)
+    (one,) = train_annulus_many(configs[1:2], seed=2, processes=1)
     assert one.losses == runs[1].losses
 
 
@@ -238,3 +240,43 @@ def test_train_annulus_many_bad_input(configs, kwargs, match):
 
     with pytest.raises(ValueError, match=match):
         train_annulus_many(configs, **kwargs)
+
+
+def test_train_annulus_many_errors_name_the_config_and_stop_the_workers():
+    """A training that fails here stops the worker at once; one that fails in a worker is raised with its index."""
+    import time
+
+    from fmlib.recipes import train_annulus_many
+
+    bad = dict(TINY, lr=1e30)  # the loss becomes inf within a few steps
+    slow = dict(TINY, n_steps=20_000)  # tens of seconds
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match=r"configs\[0\]: the loss became non-finite"):
+        train_annulus_many([bad, slow], processes=2)
+    assert time.perf_counter() - t0 < 8  # not after the slow training
+    with pytest.raises(ValueError, match=r"configs\[1\]: the loss became non-finite"):
+        train_annulus_many([TINY, bad], processes=2)
+
+
+def test_train_annulus_many_calls_from_threads_run_one_after_the_other():
+    """torch's thread count is process-wide, so a call waits while another one runs (here: while the test holds
+    the lock a call takes), and the count is left as it was."""
+    import multiprocessing
+    import threading
+    import time
+
+    from fmlib import recipes
+
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        call = threading.Thread(target=recipes.train_annulus_many, args=([TINY, dict(TINY, width=8)],),
+                                kwargs={"processes": 2})
+        with recipes._SIDE_BY_SIDE:  # as if another call were running
+            call.start()
+            time.sleep(1.5)
+            assert call.is_alive() and not multiprocessing.active_children()  # it waits: no worker started yet
+        call.join()
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(old)
