@@ -10,8 +10,8 @@ likelihood").
 
 :func:`train_annulus` trains either (or any dict of the same keys) and can cache the trained weights in a directory,
 keyed by a hash of the configuration, the seed, the device type and the torch version; :func:`train_annulus_many`
-trains several configs side by side on a multi-core CPU, one worker process each. :func:`evaluate_annulus`
-scores a trained field: held-out NLL and its gap to the entropy floor, and the fraction of samples inside.
+trains several configs side by side on a multi-core CPU (in this process and in worker processes).
+:func:`evaluate_annulus` scores a trained field: held-out NLL and its gap to the entropy floor, and the fraction of samples inside.
 """
 
 from __future__ import annotations
@@ -229,8 +229,8 @@ def train_annulus_many(configs, *, seed: int = 0, device=None, cache_dir=None, p
     r"""Train several configs as :func:`train_annulus` does, side by side on a CPU: the same models, sooner.
 
     A training step of these small networks is a chain of short operations; a second CPU core barely speeds it up
-    (book chapter "Sampling and likelihood" measures this). So on a CPU the configs that are not in the cache are
-    shared out among ``processes`` trainers that run at once: this process and ``processes - 1`` worker processes,
+    (the book's benchmarks measure this: appendix "Benchmarks", Table 3). So on a CPU the configs that are not in
+    the cache are shared out among up to ``processes`` trainers that run at once: this process and worker processes,
     each with an equal part of this process's torch threads (``torch.get_num_threads()`` divided among them, at
     least one each). The results are identical to calling :func:`train_annulus` for each config in turn: same
     weights, same losses (tested); ``seconds`` is each training's own wall-clock time. Put the longest training
