@@ -11,7 +11,8 @@ likelihood").
 :func:`train_annulus` trains either (or any dict of the same keys) and can cache the trained weights in a directory,
 keyed by a hash of the configuration, the seed, the device type and the torch version; :func:`train_annulus_many`
 trains several configs side by side on a multi-core CPU (in this process and in worker processes).
-:func:`evaluate_annulus` scores a trained field: held-out NLL and its gap to the entropy floor, and the fraction of samples inside.
+:func:`evaluate_annulus` scores a trained field: held-out NLL and its gap to the entropy floor, and the fraction of
+samples inside.
 """
 
 from __future__ import annotations
