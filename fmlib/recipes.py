@@ -131,6 +131,11 @@ def default_cache_dir() -> Path:
     return Path(tempfile.gettempdir()) / "fmbook-cache"
 
 
+def _cache_file(directory: Path, config, seed, device) -> Path:
+    """The file in the cache ``directory`` for this config, seed and device."""
+    return directory / f"annulus-{_cache_key(config, seed, device)}.pt"
+
+
 def _cache_key(config, seed, device) -> str:
     key = {"config": config, "seed": seed, "device": device.type, "torch": torch.__version__, "recipe": 2}
     if torch.get_default_dtype() != torch.float32:  # the model's dtype (float32 keys stay as they were)
@@ -203,7 +208,7 @@ def train_annulus(config: dict = BEST_ANNULUS_CONFIG, *, seed: int = 0, device=N
     progress = check_bool("progress", progress)
     path = None
     if cache_dir is not None:
-        path = _cache_dir(cache_dir) / f"annulus-{_cache_key(config, seed, device)}.pt"
+        path = _cache_file(_cache_dir(cache_dir), config, seed, device)
         if path.exists():
             return _load_cached(path, config, seed, device)
     torch.manual_seed(seed)
@@ -212,8 +217,8 @@ def train_annulus(config: dict = BEST_ANNULUS_CONFIG, *, seed: int = 0, device=N
     if config["schedule"] == "cosine":
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config["n_steps"], eta_min=0.0)
     t0 = time.perf_counter()
-    dtype = next(model.parameters()).dtype  # torch's default dtype: the data must match the weights
-    data = functools.partial(sample_annulus, dtype=dtype) if dtype != torch.float32 else sample_annulus
+    # the data in the weights' dtype, torch's default (float32 unless the caller changed it)
+    data = functools.partial(sample_annulus, dtype=next(model.parameters()).dtype)
     losses = train_cfm(model, data, path=LinearPath(config["sigma_min"]), n_steps=config["n_steps"],
                        batch_size=config["batch_size"], lr=config["lr"], seed=seed, device=device,
                        optimizer=optimizer, scheduler=scheduler, progress=progress, desc="annulus",
@@ -287,7 +292,7 @@ def train_annulus_many(configs, *, seed: int = 0, device=None, cache_dir=None, p
     results = [None] * len(checked)
     to_train = []
     for i, config in enumerate(checked):
-        if cache_dir is not None and (cache_dir / f"annulus-{_cache_key(config, seed, device)}.pt").exists():
+        if cache_dir is not None and _cache_file(cache_dir, config, seed, device).exists():
             results[i] = train(i)  # loads it
         else:
             to_train.append(i)
@@ -355,9 +360,9 @@ def _receive(receiver, checked, seed):
                            "or pass processes=1 to train in this process") from None
     if message[0] == "error":
         _, i, kind, text = message
-        raise (ValueError if kind == "ValueError" else RuntimeError)(
-            f"configs[{i}]: {text}" if kind == "ValueError" else f"configs[{i}]: training failed in a worker "
-                                                                 f"process with {kind}: {text}")
+        if kind == "ValueError":  # as train_annulus raised it
+            raise ValueError(f"configs[{i}]: {text}")
+        raise RuntimeError(f"configs[{i}]: training failed in a worker process with {kind}: {text}")
     _, i, weights, losses, seconds = message
     state = torch.load(io.BytesIO(weights), weights_only=True)
     return i, TrainedModel(_model_with(checked[i], seed, torch.device("cpu"), state), losses, seconds, False)
