@@ -25,7 +25,7 @@ def _check_radii(r_inner, r_outer):
 
 
 def sample_annulus(n: int, generator: torch.Generator | None = None, device=None, dtype=torch.float32, *,
-                   r_inner: float = 2.0, r_outer: float = 3.0) -> torch.Tensor:
+                   r_inner: float = 2.0, r_outer: float = 3.0, u: torch.Tensor | None = None) -> torch.Tensor:
     r"""Points on the annulus: angle :math:`\theta \sim U[0, 2\pi)`, radius :math:`r \sim U[r_{in}, r_{out}]`.
 
     Note that the radius is uniform, not the area: the density is :math:`q(x) = 1 / (2\pi (r_{out} - r_{in}) |x|)`
@@ -36,16 +36,29 @@ def sample_annulus(n: int, generator: torch.Generator | None = None, device=None
         generator: optional ``torch.Generator`` on ``device``.
         device, dtype: where and in which precision.
         r_inner, r_outer: radii with 0 <= r_inner < r_outer (default 2 and 3).
+        u: optional uniforms in [0, 1] of shape (n, 2) to use instead of drawing them: column 0 sets the angle
+            :math:`2\pi u_0`, column 1 the radius :math:`r_{in} + (r_{out} - r_{in}) u_1` (e.g. the quasi-random
+            points of :func:`fmlib.train_cfm` with ``data_uniforms=2``); ``generator`` is then not used.
 
     Returns:
         shape (n, 2).
 
     Raises:
-        ValueError: if n is not a positive integer or the radii are invalid.
+        ValueError: if n is not a positive integer, the radii are invalid, or u is not a float tensor of shape
+            (n, 2) with values in [0, 1].
     """
     n = check_positive_int("n", n)
     _check_radii(r_inner, r_outer)
-    u = torch.rand(n, 2, generator=generator, device=device, dtype=dtype)
+    if u is None:
+        u = torch.rand(n, 2, generator=generator, device=device, dtype=dtype)
+    else:  # given uniforms, e.g. quasi-random ones (fmlib.train_cfm with data_uniforms=2)
+        if not isinstance(u, torch.Tensor) or u.shape != (n, 2) or not u.is_floating_point():
+            got = f"shape {tuple(u.shape)}, dtype {u.dtype}" if isinstance(u, torch.Tensor) else type(u).__name__
+            raise ValueError(f"u must be a floating-point tensor of shape (n, 2) = ({n}, 2), got {got}")
+        if not bool(((u >= 0) & (u <= 1)).all()):
+            raise ValueError("u must hold numbers in [0, 1] (uniforms for the angle and the radius), got values "
+                             "outside it or NaN")
+        u = u.to(device=u.device if device is None else device, dtype=dtype)
     theta = 2 * math.pi * u[:, 0]
     r = r_inner + (r_outer - r_inner) * u[:, 1]
     return torch.stack([r * torch.cos(theta), r * torch.sin(theta)], dim=1)

@@ -4,9 +4,9 @@ likelihood").
 * :data:`SEED_ANNULUS_CONFIG` -- the setup of the blog post the book grew from (chapter "Training a flow on an
   annulus"): 3 x 64 ELU units, Adam with a constant learning rate 1e-2, batch 256, 10,000 steps, sigma_min = 0.
 * :data:`BEST_ANNULUS_CONFIG` -- the book's best setup for a budget of under a minute of training on two CPU cores:
-  5 x 48 SiLU units with residual layers and sinusoidal time features, t ~ Beta(1, 1/2), Adam 1e-2 (beta_2 = 0.99)
-  with cosine decay, batch 1024, 10,000 steps, sigma_min = 0; measured in chapter "Sampling and likelihood" against
-  the entropy floor of the annulus (found by ``benchmarks/annulus_search.py``).
+  5 x 48 SiLU units with residual layers and sinusoidal time features, t ~ Beta(1, 1/2), quasi-random batches,
+  Adam 1e-2 (beta_2 = 0.99) with cosine decay, batch 1024, 7,500 steps, sigma_min = 0; measured in chapter
+  "Sampling and likelihood" against the entropy floor of the annulus (found by ``benchmarks/annulus_search.py``).
 
 :func:`train_annulus` trains either (or any dict of the same keys) and can cache the trained weights in a directory,
 keyed by a hash of the configuration, the seed, the device type and the torch version; :func:`train_annulus_many`
@@ -50,16 +50,18 @@ SEED_ANNULUS_CONFIG = {
     "adam_beta2": 0.999,                            # Adam's beta_2, a number in (0, 1) (0.999 is torch's default)
     "sigma_min": 0.0,                               # LinearPath(sigma_min)
     "time_beta": 1.0,                               # train_cfm: t ~ Beta(1, time_beta); 1.0 is U[0, 1]
+    "quasi_random": False,                          # train_cfm: quasi-random batches (data_uniforms=2) or not
 }
 
 BEST_ANNULUS_CONFIG = {
     "width": 48, "depth": 5, "activation": "silu",
     "time_frequencies": 4, "residual": True,        # time features sin/cos(k pi t), k = 1..4; residual layers
-    "batch_size": 1024, "n_steps": 10_000,
+    "batch_size": 1024, "n_steps": 7_500,
     "lr": 1e-2, "schedule": "cosine",
     "adam_beta2": 0.99,                             # a shorter memory of squared gradients than the default 0.999
     "sigma_min": 0.0,
     "time_beta": 0.5,                               # t ~ Beta(1, 1/2), density 1 / (2 sqrt(1 - t))
+    "quasi_random": True,                           # (t, x_0, x_1) of each batch from a scrambled Sobol sequence
 }
 
 _KEYS = set(SEED_ANNULUS_CONFIG)
@@ -95,6 +97,7 @@ def _check_config(config) -> dict:
     config["time_frequencies"] = check_int_in("config['time_frequencies']", config["time_frequencies"], 0,
                                               MAX_TIME_FREQUENCIES)
     config["residual"] = check_bool("config['residual']", config["residual"])
+    config["quasi_random"] = check_bool("config['quasi_random']", config["quasi_random"])
     config["sigma_min"] = check_sigma_min(config["sigma_min"], "config['sigma_min']")
     config["time_beta"] = check_positive_real("config['time_beta']", config["time_beta"])
     beta2 = config["adam_beta2"]
@@ -183,7 +186,9 @@ def train_annulus(config: dict = BEST_ANNULUS_CONFIG, *, seed: int = 0, device=N
     of data, times and noise in :func:`fmlib.train_cfm`. The optimizer is Adam with betas (0.9, ``adam_beta2``),
     fused where available as in ``train_cfm`` (so :data:`SEED_ANNULUS_CONFIG`, with torch's default betas,
     reproduces the annulus chapter exactly); with ``schedule="cosine"`` its learning rate decays from ``lr`` to 0
-    along a half cosine over ``n_steps``, with ``"constant"`` it stays at ``lr``.
+    along a half cosine over ``n_steps``, with ``"constant"`` it stays at ``lr``. With ``quasi_random=True`` the
+    batches' times, noise and data come from a scrambled Sobol sequence seeded with ``seed`` (``train_cfm`` with
+    ``data_uniforms=2``).
 
     Args:
         config: a dict with the keys of :data:`SEED_ANNULUS_CONFIG` (default :data:`BEST_ANNULUS_CONFIG`).
@@ -222,7 +227,7 @@ def train_annulus(config: dict = BEST_ANNULUS_CONFIG, *, seed: int = 0, device=N
     losses = train_cfm(model, data, path=LinearPath(config["sigma_min"]), n_steps=config["n_steps"],
                        batch_size=config["batch_size"], lr=config["lr"], seed=seed, device=device,
                        optimizer=optimizer, scheduler=scheduler, progress=progress, desc="annulus",
-                       time_beta=config["time_beta"])
+                       time_beta=config["time_beta"], data_uniforms=2 if config["quasi_random"] else None)
     seconds = time.perf_counter() - t0
     if path is not None:
         tmp = path.with_suffix(f".tmp{os.getpid()}-{threading.get_ident()}")  # one per writer

@@ -95,6 +95,11 @@ def draw_times(n: int, time_beta: float = 1.0, *, t_max: float = 1.0, generator:
     if dtype is not None:
         check_float_dtype("dtype", dtype)
     u = torch.rand(n, 1, generator=generator, device=device, dtype=dtype)
+    return float(t_max) * _times_from_uniform(u, time_beta)
+
+
+def _times_from_uniform(u: torch.Tensor, time_beta: float) -> torch.Tensor:
+    """Beta(1, time_beta) times from uniforms u in [0, 1) (inverse CDF), in u's dtype (see :func:`draw_times`)."""
     if time_beta == 1.0:
         t = u  # u itself, not 1 - (1 - u), which differs by rounding: uniform runs stay bit-identical
     else:
@@ -104,7 +109,7 @@ def draw_times(n: int, time_beta: float = 1.0, *, t_max: float = 1.0, generator:
         else:
             t = -torch.expm1(torch.log1p(-w) / time_beta)  # t mostly near 0: 1 - (1 - u)^(1/b) would cancel
         t = t.to(u.dtype)
-    return float(t_max) * t
+    return t
 
 
 def _check_v_and_path(v, path):
@@ -114,10 +119,11 @@ def _check_v_and_path(v, path):
         raise ValueError(f"path must be a GaussianPath instance such as LinearPath(sigma_min), got {path!r}")
 
 
-def _cfm_loss(v, path, x_1, generator, reduction="mean", time_beta=1.0):
-    t = None if time_beta == 1.0 else draw_times(x_1.shape[0], time_beta, t_max=path.t_max, generator=generator,
-                                                   device=x_1.device, dtype=x_1.dtype)
-    s = path._sample(x_1, t, generator=generator)
+def _cfm_loss(v, path, x_1, generator, reduction="mean", time_beta=1.0, t=None, x_0=None):
+    if t is None and time_beta != 1.0:
+        t = draw_times(x_1.shape[0], time_beta, t_max=path.t_max, generator=generator, device=x_1.device,
+                       dtype=x_1.dtype)
+    s = path._sample(x_1, t, x_0, generator=generator)
     u = v(s.t, s.x_t)
     if not isinstance(u, torch.Tensor) or u.shape != s.x_t.shape:
         got = tuple(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__
@@ -137,7 +143,8 @@ def _default_adam(model, lr, betas=(0.9, 0.999)):
 def train_cfm(model: torch.nn.Module, sample_data: Callable, *, path: GaussianPath | None = None,
               n_steps: int = 10_000, batch_size: int = 256, lr: float = 1e-2, seed: int | None = 0,
               device=None, optimizer: torch.optim.Optimizer | None = None, scheduler=None,
-              progress: bool = True, desc: str = "training", time_beta: float = 1.0) -> list[float]:
+              progress: bool = True, desc: str = "training", time_beta: float = 1.0,
+              data_uniforms: int | None = None) -> list[float]:
     r"""Train a vector field with the CFM loss; batches are drawn tensor-wise from ``sample_data``.
 
     At every step: draw x_1 = ``sample_data(batch_size, generator=g, device=device)`` (shape (batch_size, d)),
@@ -161,6 +168,14 @@ def train_cfm(model: torch.nn.Module, sample_data: Callable, *, path: GaussianPa
         desc: label of the progress bar.
         time_beta: draw the times from Beta(1, time_beta): 1.0 (default) is U[0, 1]; values below 1 draw more
             times near t = 1, where the marginal field of data with sharp edges is hardest to learn.
+        data_uniforms: None (default): pseudo-random batches, as above. An int k >= 1: quasi-random batches (book
+            chapter "Sampling and likelihood", section "Quasi-random batches"). Every step then takes the next
+            ``batch_size`` points u of one scrambled Sobol sequence in 1 + d + k dimensions (seeded with ``seed``;
+            at most 2**30 points in all): the first coordinate gives t (the inverse CDF of Beta(1, time_beta)), the
+            next d give x_0 = Phi^{-1}(u) ~ N(0, I), and the last k are passed to the data sampler, which must turn
+            them into data points: it is called as ``sample_data(batch_size, u=U, device=device)`` with U of shape
+            (batch_size, k), in float64 (:func:`fmlib.data.sample_annulus` takes k = 2). The loss stays an unbiased
+            estimate of the same objective, with a smaller variance.
 
     Returns:
         the loss at every step, a list of ``n_steps`` floats. The model is left in ``eval()`` mode.
@@ -171,7 +186,9 @@ def train_cfm(model: torch.nn.Module, sample_data: Callable, *, path: GaussianPa
             parameters, a scheduler without ``step()``, a sampler that cannot be called as above or whose output is
             not a finite (batch_size, d) tensor, or a loss that becomes NaN/inf (checked every 200 steps). When
             training stops part-way, the step is named and the model is reset to its weights at the last check that
-            passed.
+            passed. With data_uniforms: a value that is not an int >= 1, a sample_data that does not accept ``u=``,
+            n_steps * batch_size above 2**30 (the length of the Sobol sequence), or 1 + d + data_uniforms above
+            21,201 dimensions.
     """
     n_steps = check_positive_int("n_steps", n_steps)
     batch_size = check_positive_int("batch_size", batch_size)
@@ -223,6 +240,8 @@ def train_cfm(model: torch.nn.Module, sample_data: Callable, *, path: GaussianPa
         raise ValueError(f"sample_data(batch_size) must return batch_size = {batch_size} rows, "
                          f"got shape {tuple(x_check.shape)}")
     d = x_check.shape[1]
+    sobol = None if data_uniforms is None else _sobol_engine(sample_data, data_uniforms, d, n_steps, batch_size,
+                                                             seed, device)
     # device-side buffer of losses: avoids a host synchronisation at every step; it is checked every CHECK_EVERY
     # steps, and training stops there with the weights of the last check if a loss was not finite
     losses = torch.empty(n_steps, device=device)
@@ -230,11 +249,19 @@ def train_cfm(model: torch.nn.Module, sample_data: Callable, *, path: GaussianPa
     bar = tqdm(range(n_steps), desc=desc, disable=not progress, mininterval=2.0, unit="step")
     for step in bar:
         try:
-            x_1 = sample_data(batch_size, generator=generator, device=device)
+            t = x_0 = None
+            if sobol is None:
+                x_1 = sample_data(batch_size, generator=generator, device=device)
+            else:
+                u = sobol.draw(batch_size, dtype=torch.float64).to(device)
+                t = path.t_max * _times_from_uniform(u[:, :1], time_beta).to(x_check.dtype)
+                # Phi^{-1}(u): the Sobol points are multiples of 2^-30, so the centre of their cell is in (0, 1)
+                x_0 = torch.special.ndtri(u[:, 1:1 + d] + 2.0 ** -31).to(x_check.dtype)
+                x_1 = sample_data(batch_size, u=u[:, 1 + d:], device=device)
             if x_1.shape != x_check.shape:
                 raise ValueError(f"sample_data(batch_size) returned shape {tuple(x_1.shape)}, "
                                  f"expected {tuple(x_check.shape)}")
-            loss = _cfm_loss(model, path, x_1, generator, time_beta=time_beta)
+            loss = _cfm_loss(model, path, x_1, generator, time_beta=time_beta, t=t, x_0=x_0)
         except ValueError as err:  # e.g. NaN data reaching the model's input check
             _restore(model, optimizer, last_good)
             model.eval()
@@ -260,6 +287,29 @@ def train_cfm(model: torch.nn.Module, sample_data: Callable, *, path: GaussianPa
             bar.set_postfix(loss=f"{float(losses[step]):.3f}", refresh=False)
     model.eval()
     return losses.cpu().tolist()
+
+
+def _sobol_engine(sample_data, k, d, n_steps, batch_size, seed, device):
+    """The scrambled Sobol sequence of train_cfm's quasi-random batches, after checking that it can serve them."""
+    k = check_int_in("data_uniforms", k, 1)
+    dim = 1 + d + k
+    if dim > torch.quasirandom.SobolEngine.MAXDIM:
+        raise ValueError(f"quasi-random batches need 1 + d + data_uniforms = {dim} Sobol dimensions, more than the "
+                         f"{torch.quasirandom.SobolEngine.MAXDIM} torch's SobolEngine has; use data_uniforms=None")
+    if n_steps * batch_size > 2 ** 30:
+        raise ValueError(f"quasi-random batches take n_steps * batch_size = {n_steps * batch_size} points of one "
+                         f"Sobol sequence, which has 2**30; use fewer steps or data_uniforms=None")
+    try:
+        check = sample_data(2, u=torch.rand(2, k, dtype=torch.float64), device=device)
+    except TypeError as err:
+        raise ValueError(f"with data_uniforms={k}, sample_data must be callable as sample_data(n, u=U, "
+                         f"device=device) with U of shape (n, {k}) (e.g. fmlib.sample_annulus with k = 2); calling "
+                         f"it so failed with: {err}") from err
+    if not isinstance(check, torch.Tensor) or check.shape != (2, d):
+        got = tuple(check.shape) if isinstance(check, torch.Tensor) else type(check).__name__
+        raise ValueError(f"sample_data(n, u=U, device=device) must return a tensor of shape (n, {d}), got {got} "
+                         f"for n = 2")
+    return torch.quasirandom.SobolEngine(dim, scramble=True, seed=seed)
 
 
 CHECK_EVERY = 200  # steps between checks of the loss for NaN/inf (one host synchronisation each)

@@ -158,6 +158,79 @@ def test_training_is_seeded_and_learns():
     assert np.mean(l1[-50:]) < 0.8 * (19 / 3 + 2)
 
 
+class _FrozenZero(torch.nn.Module):
+    """v = 0 with one parameter that gets no gradient: train_cfm's losses are then plain estimates of the CFM loss
+    of the zero field, E||x_1 - x_0||^2 = E|x_1|^2 + 2 = 19/3 + 2 on the annulus (E r^2 = 19/3 for r ~ U[2, 3])."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, t, x):
+        return 0 * self.w * x
+
+
+def test_quasi_random_batches_are_unbiased_with_a_smaller_variance():
+    exact = 19 / 3 + 2
+    kw = dict(n_steps=400, batch_size=256, progress=False, time_beta=0.5)
+    plain = np.array(train_cfm(_FrozenZero(), sample_annulus, seed=0, **kw))
+    quasi = np.array(train_cfm(_FrozenZero(), sample_annulus, seed=0, data_uniforms=2, **kw))
+    # unbiased: the mean of 400 batch estimates is within 4 standard errors of the exact value, for both
+    for losses in (plain, quasi):
+        assert abs(losses.mean() - exact) < 4 * losses.std(ddof=1) / len(losses) ** 0.5, losses.mean()
+    # the scrambled Sobol batches spread (t, x_0, x_1) evenly: their estimates scatter far less (measured at this
+    # batch size: 14 times less in standard deviation for seed 0; 4.4 to 18 times for seeds 0, 1, 2)
+    assert quasi.std() < plain.std() / 3, (quasi.std(), plain.std())
+    # seeded: the same seed gives the same batches, another seed other ones
+    assert quasi.tolist() == train_cfm(_FrozenZero(), sample_annulus, seed=0, data_uniforms=2, **kw)
+    assert quasi.tolist() != train_cfm(_FrozenZero(), sample_annulus, seed=1, data_uniforms=2, **kw)
+
+
+def test_quasi_random_batches_feed_the_sampler_sobol_points():
+    """Each batch of 2^m points of a scrambled Sobol sequence puts one point in each of 2^m equal intervals of every
+    coordinate; the data sampler receives (n, k) float64 uniforms in [0, 1)."""
+    seen = []
+
+    def data(n, generator=None, device=None, u=None):
+        if u is not None:
+            seen.append(u.clone())
+            return sample_annulus(n, u=u, device=device)
+        return sample_annulus(n, generator=generator, device=device)
+
+    train_cfm(MLPVectorField(2, width=8, depth=1), data, n_steps=3, batch_size=64, progress=False, data_uniforms=2)
+    batches = seen[1:]  # the first call only checks that the sampler accepts u
+    assert len(batches) == 3
+    for u in batches:
+        assert u.shape == (64, 2) and u.dtype == torch.float64 and 0 <= u.min() and u.max() < 1
+        for column in u.T:
+            assert sorted(torch.floor(column * 64).long().tolist()) == list(range(64))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(data_uniforms=0), "data_uniforms must be an integer >= 1"),
+    (dict(data_uniforms=True), "data_uniforms"),
+    (dict(data_uniforms=2.0), "data_uniforms"),
+    (dict(data_uniforms=21_199), "21201"),
+    (dict(data_uniforms=2, n_steps=2**21, batch_size=1024), "2\\*\\*30"),
+])
+def test_bad_quasi_random_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        train_cfm(MLPVectorField(2, width=8, depth=1), sample_annulus, progress=False, **kwargs)
+
+
+def test_quasi_random_needs_a_sampler_that_takes_u():
+    def no_u(n, generator=None, device=None):
+        return sample_annulus(n, generator=generator, device=device)
+
+    def wrong_shape(n, generator=None, device=None, u=None):
+        return torch.zeros(n, 3) if u is not None else sample_annulus(n, generator=generator)
+
+    with pytest.raises(ValueError, match="callable as sample_data\\(n, u=U, device=device\\)"):
+        train_cfm(MLPVectorField(2, width=8, depth=1), no_u, n_steps=2, progress=False, data_uniforms=2)
+    with pytest.raises(ValueError, match="shape \\(n, 2\\), got \\(2, 3\\)"):
+        train_cfm(MLPVectorField(2, width=8, depth=1), wrong_shape, n_steps=2, progress=False, data_uniforms=2)
+
+
 def test_training_reports_progress(capsys):
     model = MLPVectorField(2, width=8, depth=1)
     train_cfm(model, sample_annulus, n_steps=5, progress=True, desc="unit test")
@@ -196,6 +269,19 @@ def test_annulus_samples():
     # radius uniform on [2, 3] and angle uniform on [-pi, pi): KS p-values far from rejection at this seed
     assert stats.kstest(r, stats.uniform(2, 1).cdf).pvalue > 0.01
     assert stats.kstest(angle, stats.uniform(-np.pi, 2 * np.pi).cdf).pvalue > 0.01
+
+
+def test_annulus_from_given_uniforms():
+    u = torch.tensor([[0.0, 0.0], [0.25, 1.0], [0.5, 0.5]], dtype=torch.float64)
+    x = sample_annulus(3, u=u)
+    expected = torch.tensor([[2.0, 0.0], [0.0, 3.0], [-2.5, 0.0]])
+    assert x.dtype == torch.float32
+    torch.testing.assert_close(x, expected, atol=1e-6, rtol=0)
+    for bad, match in ((torch.rand(2, 2), "shape \\(n, 2\\) = \\(3, 2\\)"), (u + 1, "in \\[0, 1\\]"),
+                       (u * float("nan"), "in \\[0, 1\\]"), (torch.zeros(3, 2, dtype=torch.int64), "floating"),
+                       ([[0.0, 0.0]] * 3, "floating")):
+        with pytest.raises(ValueError, match=match):
+            sample_annulus(3, u=bad)
 
 
 def test_annulus_log_prob_and_entropy():

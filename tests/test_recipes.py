@@ -48,6 +48,18 @@ def test_adam_beta2_is_used():
     assert run.losses != train_annulus(TINY, seed=3).losses
 
 
+def test_quasi_random_config_is_train_cfm_with_data_uniforms():
+    cfg = dict(TINY, quasi_random=True)
+    run = train_annulus(cfg, seed=3)
+    fmlib.seed_everything(3)
+    model = fmlib.MLPVectorField(2, width=64, depth=3, activation="elu")
+    losses = fmlib.train_cfm(model, fmlib.sample_annulus, n_steps=20, batch_size=32, lr=1e-2, seed=3, progress=False,
+                             data_uniforms=2)
+    assert run.losses == losses
+    assert all(torch.equal(p, q) for p, q in zip(run.model.parameters(), model.parameters()))
+    assert run.losses != train_annulus(TINY, seed=3).losses
+
+
 def test_best_config_builds():
     model = build_model(BEST_ANNULUS_CONFIG)
     assert model(0.5, torch.zeros(3, 2)).shape == (3, 2)
@@ -63,6 +75,7 @@ def test_best_config_builds():
     (dict(TINY, time_frequencies=-2), "time_frequencies"),
     (dict(TINY, time_frequencies=2**40), "time_frequencies"),  # the same cap as MLPVectorField's
     (dict(TINY, residual="yes"), "residual"),
+    (dict(TINY, quasi_random=1), "quasi_random"),
     (dict(TINY, adam_beta2=1.0), "adam_beta2"),
     (dict(TINY, adam_beta2=0.0), "adam_beta2"),
     (dict(TINY, adam_beta2=float("nan")), "adam_beta2"),
