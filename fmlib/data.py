@@ -11,7 +11,8 @@ import numbers
 
 import torch
 
-from ._checks import check_choice, check_points, check_positive_int
+from ._checks import (check_choice, check_device, check_float_dtype, check_generator, check_points,
+                      check_positive_int)
 
 __all__ = ["sample_annulus", "annulus_log_prob", "annulus_entropy", "TOY_DATASETS", "get_dataset"]
 
@@ -34,7 +35,7 @@ def sample_annulus(n: int, generator: torch.Generator | None = None, device=None
     Args:
         n: number of points, a positive int.
         generator: optional ``torch.Generator`` on ``device``.
-        device, dtype: where and in which precision.
+        device, dtype: where and in which precision (dtype: a floating-point dtype; None: torch's default).
         r_inner, r_outer: radii with 0 <= r_inner < r_outer (default 2 and 3).
         u: optional uniforms in [0, 1] of shape (n, 2) to use instead of drawing them: column 0 sets the angle
             :math:`2\pi u_0`, column 1 the radius :math:`r_{in} + (r_{out} - r_{in}) u_1` (e.g. the quasi-random
@@ -44,11 +45,15 @@ def sample_annulus(n: int, generator: torch.Generator | None = None, device=None
         shape (n, 2).
 
     Raises:
-        ValueError: if n is not a positive integer, the radii are invalid, or u is not a float tensor of shape
-            (n, 2) with values in [0, 1].
+        ValueError: if n is not a positive integer, the radii are invalid, generator, device or dtype are bad, or u
+            is not a float tensor of shape (n, 2) with values in [0, 1].
     """
     n = check_positive_int("n", n)
     _check_radii(r_inner, r_outer)
+    check_generator("generator", generator)
+    if device is not None:
+        device = check_device("device", device)
+    dtype = torch.get_default_dtype() if dtype is None else check_float_dtype("dtype", dtype)
     if u is None:
         u = torch.rand(n, 2, generator=generator, device=device, dtype=dtype)
     else:  # given uniforms, e.g. quasi-random ones (fmlib.train_cfm with data_uniforms=2)

@@ -175,7 +175,10 @@ def train_cfm(model: torch.nn.Module, sample_data: Callable, *, path: GaussianPa
             next d give x_0 = Phi^{-1}(u) ~ N(0, I), and the last k are passed to the data sampler, which must turn
             them into data points: it is called as ``sample_data(batch_size, u=U, device=device)`` with U of shape
             (batch_size, k), in float64 (:func:`fmlib.data.sample_annulus` takes k = 2). The loss stays an unbiased
-            estimate of the same objective, with a smaller variance.
+            estimate of the same objective, with a smaller variance. The sampler must still accept the call above
+            with ``generator=`` (the first batch, which sets d and the dtype), and it is tried twice with the same
+            U of two points, which must give the same points (a sampler that ignores u is refused). With
+            ``seed=None`` the scrambling is drawn from this function's own unseeded generator.
 
     Returns:
         the loss at every step, a list of ``n_steps`` floats. The model is left in ``eval()`` mode.
@@ -187,8 +190,9 @@ def train_cfm(model: torch.nn.Module, sample_data: Callable, *, path: GaussianPa
             not a finite (batch_size, d) tensor, or a loss that becomes NaN/inf (checked every 200 steps). When
             training stops part-way, the step is named and the model is reset to its weights at the last check that
             passed. With data_uniforms: a value that is not an int >= 1, a sample_data that does not accept ``u=``,
+            fails on a U of that width, ignores U or returns other shapes or dtypes than its first batch,
             n_steps * batch_size above 2**30 (the length of the Sobol sequence), or 1 + d + data_uniforms above
-            21,201 dimensions.
+            21,201 dimensions. The arguments are checked before the model is moved or set to training mode.
     """
     n_steps = check_positive_int("n_steps", n_steps)
     batch_size = check_positive_int("batch_size", batch_size)
@@ -214,6 +218,8 @@ def train_cfm(model: torch.nn.Module, sample_data: Callable, *, path: GaussianPa
     progress = check_bool("progress", progress)
     if not isinstance(desc, str):
         raise ValueError(f"desc must be a str (the progress bar's label), got {desc!r}")
+    if data_uniforms is not None:
+        data_uniforms = check_int_in("data_uniforms", data_uniforms, 1)
     path = LinearPath(0.0) if path is None else path
     _check_v_and_path(model, path)
     if device is None:
@@ -221,14 +227,11 @@ def train_cfm(model: torch.nn.Module, sample_data: Callable, *, path: GaussianPa
         device = check_device("device (the model's)", p.device if p is not None else "cpu")
     else:
         device = check_device("device", device)
-    model.to(device).train()
     generator = torch.Generator(device=device)
     if seed is not None:
         generator.manual_seed(seed)
     else:
         generator.seed()
-    if optimizer is None:
-        optimizer = _default_adam(model, lr)
 
     try:
         x_check = sample_data(batch_size, generator=generator, device=device)
@@ -240,8 +243,11 @@ def train_cfm(model: torch.nn.Module, sample_data: Callable, *, path: GaussianPa
         raise ValueError(f"sample_data(batch_size) must return batch_size = {batch_size} rows, "
                          f"got shape {tuple(x_check.shape)}")
     d = x_check.shape[1]
-    sobol = None if data_uniforms is None else _sobol_engine(sample_data, data_uniforms, d, n_steps, batch_size,
-                                                             seed, device)
+    sobol = None if data_uniforms is None else _sobol_engine(sample_data, data_uniforms, x_check, n_steps,
+                                                             batch_size, seed, generator, device)
+    model.to(device).train()  # the arguments are checked: the model may change now
+    if optimizer is None:
+        optimizer = _default_adam(model, lr)
     # device-side buffer of losses: avoids a host synchronisation at every step; it is checked every CHECK_EVERY
     # steps, and training stops there with the weights of the last check if a loss was not finite
     losses = torch.empty(n_steps, device=device)
@@ -256,11 +262,14 @@ def train_cfm(model: torch.nn.Module, sample_data: Callable, *, path: GaussianPa
                 u = sobol.draw(batch_size, dtype=torch.float64).to(device)
                 t = path.t_max * _times_from_uniform(u[:, :1], time_beta).to(x_check.dtype)
                 # Phi^{-1}(u): the Sobol points are multiples of 2^-30, so the centre of their cell is in (0, 1)
-                x_0 = torch.special.ndtri(u[:, 1:1 + d] + 2.0 ** -31).to(x_check.dtype)
+                # (the clamp guards torch's first Sobol point, which it rounds in float32 and may round up to 1)
+                x_0 = torch.special.ndtri((u[:, 1:1 + d] + 2.0 ** -31).clamp(max=1 - 2.0 ** -31)).to(x_check.dtype)
                 x_1 = sample_data(batch_size, u=u[:, 1 + d:], device=device)
-            if x_1.shape != x_check.shape:
-                raise ValueError(f"sample_data(batch_size) returned shape {tuple(x_1.shape)}, "
-                                 f"expected {tuple(x_check.shape)}")
+            if not isinstance(x_1, torch.Tensor) or x_1.shape != x_check.shape or x_1.dtype != x_check.dtype:
+                got = (f"shape {tuple(x_1.shape)}, dtype {x_1.dtype}" if isinstance(x_1, torch.Tensor)
+                       else type(x_1).__name__)
+                raise ValueError(f"sample_data(batch_size) returned {got}, expected shape {tuple(x_check.shape)}, "
+                                 f"dtype {x_check.dtype} (as its first batch)")
             loss = _cfm_loss(model, path, x_1, generator, time_beta=time_beta, t=t, x_0=x_0)
         except ValueError as err:  # e.g. NaN data reaching the model's input check
             _restore(model, optimizer, last_good)
@@ -289,26 +298,39 @@ def train_cfm(model: torch.nn.Module, sample_data: Callable, *, path: GaussianPa
     return losses.cpu().tolist()
 
 
-def _sobol_engine(sample_data, k, d, n_steps, batch_size, seed, device):
-    """The scrambled Sobol sequence of train_cfm's quasi-random batches, after checking that it can serve them."""
-    k = check_int_in("data_uniforms", k, 1)
+def _sobol_engine(sample_data, k, x_check, n_steps, batch_size, seed, generator, device):
+    """The scrambled Sobol sequence of train_cfm's quasi-random batches, after checking that it can serve them and
+    that sample_data turns given uniforms into points like x_check (the first batch it drew itself)."""
+    d = x_check.shape[1]
     dim = 1 + d + k
     if dim > torch.quasirandom.SobolEngine.MAXDIM:
         raise ValueError(f"quasi-random batches need 1 + d + data_uniforms = {dim} Sobol dimensions, more than the "
                          f"{torch.quasirandom.SobolEngine.MAXDIM} torch's SobolEngine has; use data_uniforms=None")
     if n_steps * batch_size > 2 ** 30:
         raise ValueError(f"quasi-random batches take n_steps * batch_size = {n_steps * batch_size} points of one "
-                         f"Sobol sequence, which has 2**30; use fewer steps or data_uniforms=None")
+                         f"Sobol sequence, which has 2**30; use fewer steps or data_uniforms=None (in a recipe "
+                         f"config: quasi_random=False)")
+    trial = torch.tensor([[0.25], [0.75]], dtype=torch.float64).expand(2, k)  # fixed: the global RNG is not touched
     try:
-        check = sample_data(2, u=torch.rand(2, k, dtype=torch.float64), device=device)
+        first, second = (sample_data(2, u=trial.clone(), device=device) for _ in range(2))
     except TypeError as err:
         raise ValueError(f"with data_uniforms={k}, sample_data must be callable as sample_data(n, u=U, "
                          f"device=device) with U of shape (n, {k}) (e.g. fmlib.sample_annulus with k = 2); calling "
                          f"it so failed with: {err}") from err
-    if not isinstance(check, torch.Tensor) or check.shape != (2, d):
-        got = tuple(check.shape) if isinstance(check, torch.Tensor) else type(check).__name__
-        raise ValueError(f"sample_data(n, u=U, device=device) must return a tensor of shape (n, {d}), got {got} "
-                         f"for n = 2")
+    except ValueError as err:
+        raise ValueError(f"with data_uniforms={k}, a trial call sample_data(2, u=U, device=device) with U of shape "
+                         f"(2, {k}) failed: {err} (does data_uniforms match the number of uniforms sample_data takes "
+                         f"per point? sample_annulus takes 2)") from err
+    for out in (first, second):
+        if not isinstance(out, torch.Tensor) or out.shape != (2, d) or out.dtype != x_check.dtype:
+            got = f"shape {tuple(out.shape)}, dtype {out.dtype}" if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(f"sample_data(n, u=U, device=device) must return points like sample_data(batch_size): "
+                             f"shape (n, {d}), dtype {x_check.dtype}; a trial call with n = 2 returned {got}")
+    if not torch.equal(first, second):
+        raise ValueError("sample_data(n, u=U, device=device) must compute its points from U: two trial calls with "
+                         "the same U returned different points (does it ignore u and draw random numbers?)")
+    if seed is None:  # not seeded: the scrambling comes from train_cfm's own generator, not torch's global one
+        seed = int(torch.randint(2 ** 62, (1,), generator=generator, device=generator.device))
     return torch.quasirandom.SobolEngine(dim, scramble=True, seed=seed)
 
 

@@ -198,7 +198,7 @@ def test_quasi_random_batches_feed_the_sampler_sobol_points():
         return sample_annulus(n, generator=generator, device=device)
 
     train_cfm(MLPVectorField(2, width=8, depth=1), data, n_steps=3, batch_size=64, progress=False, data_uniforms=2)
-    batches = seen[1:]  # the first call only checks that the sampler accepts u
+    batches = seen[2:]  # the first two calls are the trial calls with a fixed U
     assert len(batches) == 3
     for u in batches:
         assert u.shape == (64, 2) and u.dtype == torch.float64 and 0 <= u.min() and u.max() < 1
@@ -225,10 +225,42 @@ def test_quasi_random_needs_a_sampler_that_takes_u():
     def wrong_shape(n, generator=None, device=None, u=None):
         return torch.zeros(n, 3) if u is not None else sample_annulus(n, generator=generator)
 
-    with pytest.raises(ValueError, match="callable as sample_data\\(n, u=U, device=device\\)"):
-        train_cfm(MLPVectorField(2, width=8, depth=1), no_u, n_steps=2, progress=False, data_uniforms=2)
-    with pytest.raises(ValueError, match="shape \\(n, 2\\), got \\(2, 3\\)"):
-        train_cfm(MLPVectorField(2, width=8, depth=1), wrong_shape, n_steps=2, progress=False, data_uniforms=2)
+    def ignores_u(n, generator=None, device=None, **kwargs):
+        return sample_annulus(n, generator=generator, device=device)
+
+    def integers(n, generator=None, device=None, u=None):
+        x = sample_annulus(n, generator=generator, device=device, u=u)
+        return x if u is None else (10 * x).long()
+
+    def later_wrong(n, generator=None, device=None, u=None):
+        x = sample_annulus(n, generator=generator, device=device, u=u)
+        return x.double() if u is not None and n > 2 else x  # right in the trial calls, float64 in training
+
+    model = MLPVectorField(2, width=8, depth=1).eval()
+    weights = [p.clone() for p in model.parameters()]
+    for sampler, match in ((no_u, "callable as sample_data\\(n, u=U, device=device\\)"),
+                           (wrong_shape, "shape \\(n, 2\\), dtype torch.float32; a trial call with n = 2 returned "
+                                         "shape \\(2, 3\\)"),
+                           (ignores_u, "must compute its points from U"),
+                           (integers, "dtype torch.int64"),
+                           (later_wrong, "training stopped at step 0: sample_data\\(batch_size\\) returned shape "
+                                         "\\(16, 2\\), dtype torch.float64")):
+        with pytest.raises(ValueError, match=match):
+            train_cfm(model, sampler, n_steps=2, batch_size=16, progress=False, data_uniforms=2)
+    # a data_uniforms that does not fit the sampler is named, and the model was not touched
+    with pytest.raises(ValueError, match="data_uniforms=3, a trial call .*does data_uniforms match"):
+        train_cfm(model, sample_annulus, n_steps=2, progress=False, data_uniforms=3)
+    with pytest.raises(ValueError, match="data_uniforms must be an integer >= 1, got 'x'"):
+        train_cfm(model, sample_annulus, n_steps=2, progress=False, data_uniforms="x")
+    assert not model.training and all(torch.equal(p, q) for p, q in zip(model.parameters(), weights))
+
+
+def test_quasi_random_without_seed_leaves_the_global_generator_alone():
+    torch.manual_seed(123)
+    expected = torch.rand(1)
+    torch.manual_seed(123)
+    train_cfm(_FrozenZero(), sample_annulus, n_steps=2, batch_size=16, progress=False, seed=None, data_uniforms=2)
+    assert torch.equal(torch.rand(1), expected)
 
 
 def test_training_reports_progress(capsys):
@@ -282,6 +314,12 @@ def test_annulus_from_given_uniforms():
                        ([[0.0, 0.0]] * 3, "floating")):
         with pytest.raises(ValueError, match=match):
             sample_annulus(3, u=bad)
+    for kwargs, match in ((dict(dtype=torch.int64), "dtype"), (dict(dtype="float32"), "dtype"),
+                          (dict(device="nope"), "device"), (dict(generator="x"), "generator")):
+        with pytest.raises(ValueError, match=match):
+            sample_annulus(3, u=u, **kwargs)
+        with pytest.raises(ValueError, match=match):
+            sample_annulus(3, **kwargs)
 
 
 def test_annulus_log_prob_and_entropy():
