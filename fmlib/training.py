@@ -175,7 +175,7 @@ def train_cfm(model: torch.nn.Module, sample_data: Callable, *, path: GaussianPa
             next d give x_0 = Phi^{-1}(u) ~ N(0, I), and the last k are passed to the data sampler, which must turn
             them into data points: it is called as ``sample_data(batch_size, u=U, device=device)`` with U of shape
             (batch_size, k), in float64 (:func:`fmlib.data.sample_annulus` takes k = 2). The loss stays an unbiased
-            estimate of the same objective, with a smaller variance. The sampler must still accept the call above
+            estimate of the same objective, usually with a smaller variance. The sampler must still accept the call above
             with ``generator=`` (the first batch, which sets d and the dtype), and it is tried twice with the same
             U of two points, which must give the same points (a sampler that ignores u is refused). With
             ``seed=None`` the scrambling is drawn from this function's own unseeded generator.
