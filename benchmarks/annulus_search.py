@@ -7,7 +7,7 @@ scratch with fmlib.recipes.train_annulus (no cache) for each seed, one after the
 threads. Training seconds depend on the machine and on what else it runs; the script records the CPU and thread
 count next to them.
 
-    python benchmarks/annulus_search.py                 # every variant, seeds 0 and 1 (about 40 minutes)
+    python benchmarks/annulus_search.py                 # every variant, seeds 0 and 1 (about 50 minutes)
     python benchmarks/annulus_search.py --only best     # some variants (names as in VARIANTS, quoted)
     python benchmarks/annulus_search.py --seeds 0       # other seeds
 """
