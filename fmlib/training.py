@@ -178,7 +178,9 @@ def train_cfm(model: torch.nn.Module, sample_data: Callable, *, path: GaussianPa
             estimate of the same objective, usually with a smaller variance. The sampler must still accept the call above
             with ``generator=`` (the first batch, which sets d and the dtype), and it is tried twice with the same
             U of two points, which must give the same points (a sampler that ignores u is refused). With
-            ``seed=None`` the scrambling is drawn from this function's own unseeded generator.
+            ``seed=None`` the scrambling is drawn from this function's own unseeded generator. Every block of
+            ``batch_size`` points is balanced (one point in each of ``batch_size`` equal intervals of every
+            coordinate) when ``batch_size`` is a power of 2; other sizes work, with less balance.
 
     Returns:
         the loss at every step, a list of ``n_steps`` floats. The model is left in ``eval()`` mode.
