@@ -26,7 +26,7 @@ from .ode import log_likelihood, sample_with_log_prob, solve_ode
 from .paths import GaussianPath, LinearPath, PathSample, VPDiffusionPath
 from .recipes import BEST_ANNULUS_CONFIG, SEED_ANNULUS_CONFIG, train_annulus, train_annulus_many
 from .sampler import STAGES, sample, solve
-from .training import cfm_loss, draw_times, train_cfm
+from .training import cfm_loss, draw_times, quasi_random_batch, train_cfm
 from .utils import default_device, seed_everything
 
 __version__ = "0.1.0"
@@ -38,7 +38,7 @@ __all__ = [
     "MLPVectorField",
     "solve", "sample", "STAGES",
     "solve_ode", "log_likelihood", "sample_with_log_prob",
-    "cfm_loss", "draw_times", "train_cfm",
+    "cfm_loss", "draw_times", "quasi_random_batch", "train_cfm",
     "SEED_ANNULUS_CONFIG", "BEST_ANNULUS_CONFIG", "train_annulus", "train_annulus_many",
     "sample_annulus", "annulus_log_prob", "annulus_entropy", "TOY_DATASETS", "get_dataset",
     "seed_everything", "default_device",

@@ -23,7 +23,7 @@ from ._checks import (check_bool, check_device, check_float_dtype, check_generat
                       check_positive_int, check_positive_real, check_seed)
 from .paths import GaussianPath, LinearPath
 
-__all__ = ["cfm_loss", "draw_times", "train_cfm"]
+__all__ = ["cfm_loss", "draw_times", "quasi_random_batch", "train_cfm"]
 
 
 def cfm_loss(v: Callable, path: GaussianPath, x_1: torch.Tensor, generator: torch.Generator | None = None,
@@ -90,12 +90,16 @@ def draw_times(n: int, time_beta: float = 1.0, *, t_max: float = 1.0, generator:
     if device is not None:
         device = check_device("device", device)
     time_beta = check_positive_real("time_beta", time_beta)
-    if isinstance(t_max, bool) or not isinstance(t_max, numbers.Real) or not 0 < t_max <= 1:
-        raise ValueError(f"t_max must be a number in (0, 1], got {t_max!r}")
+    _check_t_max(t_max)
     if dtype is not None:
         check_float_dtype("dtype", dtype)
     u = torch.rand(n, 1, generator=generator, device=device, dtype=dtype)
     return float(t_max) * _times_from_uniform(u, time_beta)
+
+
+def _check_t_max(t_max):
+    if isinstance(t_max, bool) or not isinstance(t_max, numbers.Real) or not 0 < t_max <= 1:
+        raise ValueError(f"t_max must be a number in (0, 1], got {t_max!r}")
 
 
 def _times_from_uniform(u: torch.Tensor, time_beta: float) -> torch.Tensor:
@@ -110,6 +114,57 @@ def _times_from_uniform(u: torch.Tensor, time_beta: float) -> torch.Tensor:
             t = -torch.expm1(torch.log1p(-w) / time_beta)  # t mostly near 0: 1 - (1 - u)^(1/b) would cancel
         t = t.to(u.dtype)
     return t
+
+
+def quasi_random_batch(sobol: torch.quasirandom.SobolEngine, n: int, d: int, sample_data: Callable, *,
+                       time_beta: float = 1.0, t_max: float = 1.0, device=None,
+                       dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    r"""The next quasi-random batch (t, x_0, x_1) of :func:`train_cfm` with ``data_uniforms`` (book chapter
+    "Sampling and likelihood", eq. ``eq-batch-estimate``).
+
+    Takes the next n points u of ``sobol`` (a scrambled ``torch.quasirandom.SobolEngine`` in 1 + d + k
+    dimensions): :math:`t = t_{max} (1 - (1 - u_1)^{1/b})` with b = ``time_beta`` (as :func:`draw_times`),
+    :math:`x_0 = \Phi^{-1}(u_2, \dots, u_{d+1})` (inverse normal CDF, coordinatewise) and
+    x_1 = ``sample_data(n, u=U, device=device)`` with U the last k coordinates, shape (n, k), in float64.
+
+    Args:
+        sobol: the sequence, with ``dimension`` >= d + 2 (at least one uniform for the data).
+        n: batch size, a positive int (a power of 2 keeps every batch balanced).
+        d: dimension of the data, a positive int.
+        sample_data: the data sampler, e.g. :func:`fmlib.data.sample_annulus` (k = 2).
+        time_beta, t_max: as in :func:`draw_times`.
+        device: where t and x_0 go (and what the sampler is asked for); dtype: their floating-point dtype.
+
+    Returns:
+        t of shape (n, 1) in [0, t_max], x_0 of shape (n, d), and whatever sample_data returns.
+
+    Raises:
+        ValueError: for a sobol that is not a SobolEngine with at least d + 2 dimensions, or a bad n, d,
+            time_beta, t_max or dtype.
+    """
+    if not isinstance(sobol, torch.quasirandom.SobolEngine):
+        raise ValueError(f"sobol must be a torch.quasirandom.SobolEngine, got {type(sobol).__name__}")
+    n = check_positive_int("n", n)
+    d = check_positive_int("d", d)
+    if sobol.dimension < d + 2:
+        raise ValueError(f"sobol must have at least d + 2 = {d + 2} dimensions (t, x_0 and at least one uniform for "
+                         f"the data), got {sobol.dimension}")
+    time_beta = check_positive_real("time_beta", time_beta)
+    _check_t_max(t_max)
+    check_float_dtype("dtype", dtype)
+    if device is not None:
+        device = check_device("device", device)
+    return _quasi_random_batch(sobol, n, d, sample_data, time_beta, t_max, device, dtype)
+
+
+def _quasi_random_batch(sobol, n, d, sample_data, time_beta, t_max, device, dtype):
+    """:func:`quasi_random_batch` without input checks, for the training loop."""
+    u = sobol.draw(n, dtype=torch.float64).to(device)
+    t = t_max * _times_from_uniform(u[:, :1], time_beta).to(dtype)
+    # Phi^{-1}(u): the Sobol points are multiples of 2^-30, so the centre of their grid cell is in (0, 1)
+    # (the clamp guards torch's first Sobol point, which it rounds in float32 and may round up to 1)
+    x_0 = torch.special.ndtri((u[:, 1:1 + d] + 2.0 ** -31).clamp(max=1 - 2.0 ** -31)).to(dtype)
+    return t, x_0, sample_data(n, u=u[:, 1 + d:], device=device)
 
 
 def _check_v_and_path(v, path):
@@ -261,12 +316,8 @@ def train_cfm(model: torch.nn.Module, sample_data: Callable, *, path: GaussianPa
             if sobol is None:
                 x_1 = sample_data(batch_size, generator=generator, device=device)
             else:
-                u = sobol.draw(batch_size, dtype=torch.float64).to(device)
-                t = path.t_max * _times_from_uniform(u[:, :1], time_beta).to(x_check.dtype)
-                # Phi^{-1}(u): the Sobol points are multiples of 2^-30, so the centre of their cell is in (0, 1)
-                # (the clamp guards torch's first Sobol point, which it rounds in float32 and may round up to 1)
-                x_0 = torch.special.ndtri((u[:, 1:1 + d] + 2.0 ** -31).clamp(max=1 - 2.0 ** -31)).to(x_check.dtype)
-                x_1 = sample_data(batch_size, u=u[:, 1 + d:], device=device)
+                t, x_0, x_1 = _quasi_random_batch(sobol, batch_size, d, sample_data, time_beta, path.t_max, device,
+                                                  x_check.dtype)
             if not isinstance(x_1, torch.Tensor) or x_1.shape != x_check.shape or x_1.dtype != x_check.dtype:
                 got = (f"shape {tuple(x_1.shape)}, dtype {x_1.dtype}" if isinstance(x_1, torch.Tensor)
                        else type(x_1).__name__)

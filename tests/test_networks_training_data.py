@@ -255,6 +255,24 @@ def test_quasi_random_needs_a_sampler_that_takes_u():
     assert not model.training and all(torch.equal(p, q) for p, q in zip(model.parameters(), weights))
 
 
+def test_quasi_random_batch():
+    sobol = torch.quasirandom.SobolEngine(5, scramble=True, seed=0)
+    t, x_0, x_1 = fmlib.quasi_random_batch(sobol, 64, 2, sample_annulus, time_beta=0.5)
+    assert t.shape == (64, 1) and x_0.shape == (64, 2) and x_1.shape == (64, 2)
+    assert t.dtype == x_0.dtype == x_1.dtype == torch.float32 and 0 <= t.min() and t.max() <= 1
+    assert torch.isfinite(x_0).all() and ((x_1.norm(dim=1) >= 2 - 1e-6) & (x_1.norm(dim=1) <= 3 + 1e-6)).all()
+    # Beta(1, 1/2) is the inverse CDF t = 1 - (1 - u)^2: one time in each of the 64 intervals of u = 1 - sqrt(1 - t)
+    u_t = 1 - torch.sqrt(1 - t.double().squeeze(1))
+    assert sorted(torch.floor(u_t * 64).long().clamp(max=63).tolist()) == list(range(64))
+    for kwargs, match in ((dict(sobol="s"), "sobol must be a torch.quasirandom.SobolEngine"),
+                          (dict(sobol=torch.quasirandom.SobolEngine(3)), "at least d \\+ 2 = 4 dimensions .*got 3"),
+                          (dict(n=0), "n"), (dict(d=True), "d"), (dict(time_beta=0.0), "time_beta"),
+                          (dict(t_max=2.0), "t_max"), (dict(dtype=torch.int64), "dtype"), (dict(device="nope"), "device")):
+        args = dict(dict(sobol=sobol, n=8, d=2, sample_data=sample_annulus), **kwargs)
+        with pytest.raises(ValueError, match=match):
+            fmlib.quasi_random_batch(args.pop("sobol"), args.pop("n"), args.pop("d"), args.pop("sample_data"), **args)
+
+
 def test_quasi_random_without_seed_leaves_the_global_generator_alone():
     torch.manual_seed(123)
     expected = torch.rand(1)
