@@ -15,6 +15,9 @@ equivalent, and ``fig.show()`` works there too. In Google Colab :func:`show_plot
 :func:`show_animation` shows a matplotlib animation as a self-contained ``to_jshtml`` player (no CDN), and
 :func:`live_controls` wires ipywidgets sliders to a matplotlib drawing function for live notebooks (widget cells are
 tagged ``remove-cell``: the static book shows a static figure instead).
+
+:func:`glue` stores a computed number for the text of the book (MyST-NB's ``{glue:text}`` role), so that a sentence
+quotes the value its own run computed.
 """
 
 from __future__ import annotations
@@ -22,8 +25,36 @@ from __future__ import annotations
 import hashlib
 import sys
 
-__all__ = ["show_plotly", "PlotlyFigure", "density_path_figure", "animation_html", "show_animation",
+__all__ = ["glue", "show_plotly", "PlotlyFigure", "density_path_figure", "animation_html", "show_animation",
            "live_controls", "density_surface_figure", "trajectory_animation"]
+
+
+def glue(name: str, value) -> None:
+    """Store ``value`` under ``name`` for the book's prose: ``{glue:text}`name:.3f``` in a Markdown cell shows it.
+
+    Calls MyST-NB's ``glue(name, value, display=False)`` (nothing shows in the notebook). Where MyST-NB is not
+    installed (Colab, a bare Jupyter) it does nothing: only the built book reads glued values.
+
+    Args:
+        name: the key the text refers to.
+        value: a Python ``int``, ``float`` or ``str`` (NumPy and 0-d torch scalars are converted, so that the stored
+            text is a plain number that a format spec like ``:.3f`` can format).
+
+    Raises:
+        ValueError: if ``value`` is not a number or a string.
+    """
+    import numbers
+
+    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:  # numpy scalars, 0-d tensors and arrays
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, str)):
+        raise ValueError(f"glue: value must be an int, float or str, got {type(value).__name__} for {name!r}")
+    value = value if isinstance(value, str) else (int(value) if isinstance(value, numbers.Integral) else float(value))
+    try:
+        from myst_nb import glue as _myst_glue
+    except ImportError:
+        return
+    _myst_glue(name, value, display=False)
 
 
 class PlotlyFigure:
