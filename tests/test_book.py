@@ -1,6 +1,8 @@
-"""The book's notebooks: layout rules that CI must keep (size, kernelspec, Colab cell, no path hacks, seeding)."""
+"""The book's notebooks: layout rules that CI must keep (size, kernelspec, Colab cell, no path hacks, seeding, no
+rounding noise in compared outputs, no launch buttons to a placeholder repository)."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -45,3 +47,44 @@ def test_toc_lists_every_notebook():
     toc = (ROOT / "_toc.yml").read_text()
     for path in NOTEBOOKS:
         assert f"book/{path.stem}" in toc, f"{path.name} is not in _toc.yml"
+
+
+# a number printed in scientific notation with an exponent of -10 or below, not written as a bound ("< 1e-12")
+_NOISE = re.compile(r"(?<![<\d.e-])(?<!< )\d\.\d+e-(?:1\d|[2-9]\d)\b")
+
+
+def _compared_text(cell) -> str:
+    text = ""
+    for out in cell.get("outputs", []):
+        text += "".join(out.get("text", ""))
+        for mime, value in out.get("data", {}).items():
+            if mime.endswith("text/plain"):
+                text += "".join(value)
+    return text
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_no_rounding_noise_in_compared_outputs(path):
+    """A compared output that prints a rounding-level number (2.8e-15) differs on another CPU or BLAS: print the bound
+    that the cell asserts instead (``< 1e-12``), or tag the cell ``nbval-ignore-output``."""
+    nb = json.loads(path.read_text())
+    found = []
+    for i, cell in enumerate(nb["cells"]):
+        if cell["cell_type"] != "code" or "nbval-ignore-output" in cell.get("metadata", {}).get("tags", []):
+            continue
+        found += [f"cell {i}: {m.group(0)}" for m in _NOISE.finditer(_compared_text(cell))]
+    assert not found, f"{path.name}: rounding-level numbers in compared outputs: {found}"
+
+
+def test_no_rounding_noise_pattern():
+    assert _NOISE.search("residual 2.8e-15 here") and _NOISE.search("weights 6.7e-16")
+    assert not _NOISE.search("residual < 1e-12") and not _NOISE.search("error 9.7e-05")
+
+
+def test_no_launch_buttons_to_a_placeholder():
+    """Launch buttons (Colab, Binder) only once repository.url is the published repository (README: publishing)."""
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    if config["repository"]["url"] == "https://github.com/fmbook/fmbook":  # the placeholder
+        launch = config.get("launch_buttons") or {}
+        offered = {k: v for k, v in launch.items() if k.endswith("_url") and v}
+        assert not offered, f"launch buttons {offered} point at the placeholder repository {config['repository']['url']}"

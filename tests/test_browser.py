@@ -8,6 +8,7 @@ driving Debian's Chromium (``/usr/bin/chromium``; Playwright never downloads a b
 * every plotly figure has drawn (SVG with plotted content, or a WebGL canvas), and moving its slider (a click on
   the slider's rail, as a reader would) changes what is drawn;
 * every ``to_jshtml`` animation has its image, slider and buttons, and its "last frame" button changes the image;
+* no launch button (Colab, Binder, ...) while the repository URL in ``_config.yml`` is the placeholder;
 * no live widget is left on the page (without a kernel it would be a dead control): no widget views, no
   ``<input type="range">`` outside animation players;
 * every math element is typeset by MathJax (an ``mjx-container`` inside), and no raw ``$$``, TeX delimiters or
@@ -43,6 +44,17 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
                  "--use-angle=swiftshader", "--enable-unsafe-swiftshader"]
 SKIP_PAGES = {"search.html", "genindex.html", "py-modindex.html"}
 TIMEOUT_MS = 60_000  # per browser operation: generous, the machine may be busy
+# the repository URL of _config.yml until the book is published: no page may offer a launch button to it
+PLACEHOLDER_URL = "https://github.com/fmbook/fmbook"
+
+
+def _repo_url() -> str:
+    import yaml
+
+    return yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"]
+
+
+REPO_IS_PLACEHOLDER = _repo_url() == PLACEHOLDER_URL
 
 
 def _unavailable(reason: str):
@@ -181,6 +193,11 @@ _DEAD_WIDGETS = """() => {
   return {views: views, ranges: ranges};
 }"""
 
+# launch buttons (Colab, Binder, JupyterHub, live code) that the theme draws from _config.yml's launch_buttons
+_LAUNCH_LINKS = """() => [...document.querySelectorAll('a[href*="colab.research.google.com"], a[href*="mybinder"],'
+    + ' a[href*="hub/user-redirect"], .dropdown-launch-buttons, button.thebe-launch-button')]
+    .map(e => e.getAttribute('href') || e.className)"""
+
 _RAW_TEXT = [
     (re.compile(r"\$\$"), "raw $$ (untypeset display math)"),
     (re.compile(r"\\begin\{(equation|align)"), "raw \\begin{...} (untypeset math)"),
@@ -235,6 +252,10 @@ def test_page(page_path, server, browser, screenshots):
         if dead["views"] or dead["ranges"]:
             problems.append(f"live widgets on a static page ({dead['views']} widget views, {dead['ranges']} range "
                             "inputs): tag widget cells `remove-cell` and show a static figure instead")
+        launch = page.evaluate(_LAUNCH_LINKS)
+        if launch and REPO_IS_PLACEHOLDER:
+            problems.append(f"launch buttons {launch} while repository.url in _config.yml is the placeholder "
+                            f"{PLACEHOLDER_URL}: a reader's click would meet a failing install cell")
         text = page.inner_text("main") if page.query_selector("main") else page.inner_text("body")
         for pattern, what in _RAW_TEXT:
             m = pattern.search(text)
