@@ -39,6 +39,7 @@ CHAPTERS = ["04_conditional_to_marginal.ipynb", "07_annulus.ipynb"]
 # installed first and must stay untouched). test_colab_versions_differ_from_pins keeps them apart from the pins.
 COLAB_PACKAGES = ["numpy==2.0.2", "scipy==1.15.3", "matplotlib==3.10.0", "plotly==5.24.1", "ipywidgets==7.7.1",
                   "tqdm==4.67.1", "ipykernel==6.29.5"]
+COLAB_PIP = "pip==24.1.2"  # Colab's pip; the pip that venv brings with Python 3.11 (23.2) rejects "name @ git+file:"
 TIMEOUT_S = 900
 
 
@@ -92,6 +93,7 @@ def colab_env(tmp_path_factory):
 
     torch_version = torch.__version__.split("+")[0]
     try:
+        _run([python, "-m", "pip", "install", "-q", COLAB_PIP], timeout=TIMEOUT_S)
         _run([python, "-m", "pip", "install", "-q", f"torch=={torch_version}", *COLAB_PACKAGES], timeout=TIMEOUT_S)
     except AssertionError as err:
         _unavailable(f"could not install Colab's packages from the package index: {err}")
