@@ -1,7 +1,12 @@
 r"""Neural vector fields :math:`v_\theta(t, x)` (book chapter "Training a flow on an annulus").
 
 Every vector field in fmlib is called as ``v(t, x)`` with ``x`` of shape (n, d) and ``t`` a float, a 0-d tensor, or a
-tensor of shape (n,) or (n, 1) -- the same order as ``torchdiffeq.odeint(func(t, y))``.
+tensor of shape (n,), (n, 1), (1,) or (1, 1) -- the same order as ``torchdiffeq.odeint(func(t, y))``.
+
+A network is a function of any finite t, so that any solver can call it (torchdiffeq's adaptive solvers evaluate
+just outside the interval they integrate over). Its forward pass checks only shapes and dtypes, which costs no
+synchronisation with a GPU and does not break ``torch.compile``; the values of t and x are checked where a user hands
+them in (fmlib's solvers, samplers and training loop), not at every evaluation.
 """
 
 from __future__ import annotations
@@ -11,9 +16,9 @@ import math
 import torch
 from torch import nn
 
-from ._checks import as_time, check_bool, check_choice, check_int_in, check_points, check_positive_int
+from ._checks import check_bool, check_choice, check_int_in, check_positive_int
 
-__all__ = ["MLPVectorField", "ACTIVATIONS"]
+__all__ = ["MLPVectorField", "ACTIVATIONS", "time_column"]
 
 MAX_TIME_FREQUENCIES = 1000  # a sanity cap: beyond it the time features would dwarf any network
 
@@ -21,7 +26,8 @@ ACTIVATIONS = {"elu": nn.ELU, "relu": nn.ReLU, "silu": nn.SiLU, "tanh": nn.Tanh,
 
 
 class MLPVectorField(nn.Module):
-    r"""A time-conditioned multilayer perceptron :math:`v_\theta(t, x): [0, 1] \times \mathbb R^d \to \mathbb R^d`.
+    r"""A time-conditioned multilayer perceptron :math:`v_\theta(t, x): \mathbb R \times \mathbb R^d \to \mathbb R^d`,
+    trained on t in [0, 1].
 
     The input is the concatenation :math:`(t, x) \in \mathbb R^{1 + d}`, followed by ``depth`` hidden layers of
     ``width`` units with the chosen activation and a linear output layer of size d. The defaults (3 hidden layers
@@ -69,28 +75,81 @@ class MLPVectorField(nn.Module):
         r"""Evaluate :math:`v_\theta(t, x)`.
 
         Args:
-            t: times in [0, 1]: float, 0-d tensor, shape (n,) or (n, 1).
-            x: points, shape (n, d).
+            t: times: a float, a 0-d tensor, or a tensor of shape (n,), (n, 1), (1,) or (1, 1). Any finite t is
+                accepted; the network has learned the times it was trained on ([0, 1] for fmlib's paths).
+            x: points, shape (n, d), in the dtype of the parameters.
 
         Returns:
             velocities, shape (n, d).
 
         Raises:
-            ValueError: if x is not (n, d) with d = ``dim``, its dtype differs from the parameters', or t has a shape
-                that does not match n, is not finite, or lies outside [0, 1].
+            ValueError: if x is not a tensor of shape (n, d) with d = ``dim``, its dtype differs from the
+                parameters', or t has a shape that does not broadcast to (n, 1). The values are not checked
+                (see the module docstring).
         """
-        x = check_points("x", x, dim=self.dim)
-        w = self.net[0].weight
-        if x.dtype != w.dtype:
-            raise ValueError(f"x has dtype {x.dtype} but the model's parameters are {w.dtype}; convert one of them "
-                             f"(e.g. model.to({x.dtype}) or x.to({w.dtype}))")
-        t = as_time(t, x)
+        if not isinstance(x, torch.Tensor) or x.ndim != 2 or x.shape[1] != self.dim:
+            got = f"shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"x must be a tensor of shape (n, {self.dim}), got {got}")
+        t = time_column(t, x)
         if self.time_frequencies:
-            # angular frequencies k pi, k = 1..K, made in t's dtype (exact in float64 too)
+            angles = t * self._frequencies(t)  # (n, K)
+            h = torch.cat([t, torch.sin(angles), torch.cos(angles), x], dim=1)
+        else:
+            h = torch.cat([t, x], dim=1)
+        try:
+            return self.net(h)
+        except RuntimeError as err:  # named here, at no cost to calls that work
+            w = self.net[0].weight
+            if x.dtype != w.dtype:
+                raise ValueError(f"x has dtype {x.dtype} but the model's parameters are {w.dtype}; convert one of "
+                                 f"them (e.g. model.to({x.dtype}) or x.to({w.dtype}))") from err
+            raise
+
+    def _frequencies(self, t: torch.Tensor) -> torch.Tensor:
+        """The angular frequencies k pi, k = 1..K, in t's dtype (exact in float64 too) and on its device; made once
+        per dtype and device, not at every call (they are not parameters, and not in the state_dict)."""
+        omega = self.__dict__.get("_omega")
+        if omega is None or omega.dtype != t.dtype or omega.device != t.device:
             omega = math.pi * torch.arange(1, self.time_frequencies + 1, dtype=t.dtype, device=t.device)
-            angles = t * omega  # (n, K)
-            return self.net(torch.cat([t, torch.sin(angles), torch.cos(angles), x], dim=1))
-        return self.net(torch.cat([t, x], dim=1))
+            self.__dict__["_omega"] = omega
+        return omega
+
+
+def time_column(t, x: torch.Tensor) -> torch.Tensor:
+    """Times ``t`` as a tensor of shape (n, 1) in the dtype and on the device of ``x`` (shape (n, d)), without
+    looking at their values (no synchronisation with a GPU).
+
+    Args:
+        t: a Python number, a 0-d tensor, or a tensor of shape (n,), (n, 1), (1,) or (1, 1).
+        x: points, shape (n, d).
+
+    Returns:
+        shape (n, 1), a view where possible.
+
+    Raises:
+        ValueError: if t is not a real number or tensor, or has a shape that does not broadcast to (n, 1).
+    """
+    n = x.shape[0]
+    if isinstance(t, torch.Tensor):
+        if t.dtype is not x.dtype or t.device != x.device:
+            if t.dtype == torch.bool or t.is_complex():
+                raise ValueError(f"t must be a real number or tensor of times, got dtype {t.dtype}")
+            t = t.to(dtype=x.dtype, device=x.device)
+    elif isinstance(t, (int, float)) and not isinstance(t, bool):
+        return torch.full((n, 1), float(t), dtype=x.dtype, device=x.device)
+    else:
+        try:
+            t = torch.as_tensor(float(t), dtype=x.dtype, device=x.device)  # numpy scalars
+        except (TypeError, ValueError):
+            raise ValueError(f"t must be a real number or a tensor of times, got {type(t).__name__}") from None
+    if t.ndim == 0 or t.shape in ((1,), (1, 1)):
+        return t.reshape(1, 1).expand(n, 1)
+    if t.shape == (n,):
+        return t.unsqueeze(1)
+    if t.shape == (n, 1):
+        return t
+    raise ValueError(f"t must be a number, a 0-d tensor, or have shape ({n},), ({n}, 1), (1,) or (1, 1) to match x "
+                     f"of shape {tuple(x.shape)}; got shape {tuple(t.shape)}")
 
 
 class _ResidualBlock(nn.Module):

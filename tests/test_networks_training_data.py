@@ -65,14 +65,24 @@ def test_bad_network_arguments(kwargs, match):
 
 def test_bad_network_inputs():
     model = MLPVectorField(2, width=8, depth=1)
-    with pytest.raises(ValueError, match="d = 2"):
+    with pytest.raises(ValueError, match=r"shape \(n, 2\)"):
         model(0.5, torch.randn(4, 3))
     with pytest.raises(ValueError, match=r"t must be .*shape"):
         model(torch.rand(3), torch.randn(4, 2))
-    with pytest.raises(ValueError, match=r"t must lie in \[0, 1\]"):
-        model(1.5, torch.randn(4, 2))
-    with pytest.raises(ValueError, match="t must be finite"):
-        model(torch.full((4,), float("nan")), torch.randn(4, 2))
+    with pytest.raises(ValueError, match="dtype"):
+        model(0.5, torch.randn(4, 2, dtype=torch.float64))
+
+
+def test_network_takes_any_finite_time_and_every_time_shape():
+    """A network is a function of any t (solvers evaluate just outside [0, 1]); t broadcasts from a number, a 0-d
+    tensor, (1,), (1, 1), (n,) or (n, 1), all giving the same result as a full (n, 1) column."""
+    model = MLPVectorField(2, width=8, depth=1, time_frequencies=2)
+    x = torch.randn(4, 2)
+    for t in (-0.003, 1.3):
+        full = model(torch.full((4, 1), t), x)
+        assert torch.isfinite(full).all()
+        for same in (t, torch.tensor(t), torch.tensor([t]), torch.tensor([[t]]), torch.full((4,), t)):
+            torch.testing.assert_close(model(same, x), full, rtol=0, atol=0)
 
 
 # --- training ----------------------------------------------------------------------------------------------------
