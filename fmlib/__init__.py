@@ -4,11 +4,11 @@ Modules (each equation's code is one hop from here):
 
 * :mod:`fmlib.paths` -- Gaussian conditional probability paths p_t(x | x_1), their flows psi_t, vector fields u_t.
 * :mod:`fmlib.marginal` -- the exact marginal path p_t(x) and vector field u_t(x) over an empirical data set.
-* :mod:`fmlib.continuity` -- the continuity equation's residual and exact divergences by autograd.
+* :mod:`fmlib.continuity` -- the continuity equation's residual, and divergences (exact by autograd, or Hutchinson's).
 * :mod:`fmlib.networks` -- the time-conditioned MLP vector field v_theta(t, x).
-* :mod:`fmlib.sampler` -- fixed-step Euler, midpoint and RK4 solvers from t = 0 to t = 1.
-* :mod:`fmlib.ode` -- adaptive solvers (through torchdiffeq) with evaluation counts, and log-likelihoods by the
-  instantaneous change of variables (exact or Hutchinson divergence).
+* :mod:`fmlib.sampler` -- :func:`solve` for the flow ODE (Euler, midpoint and RK4 written out; torchdiffeq's adaptive
+  solvers) and :func:`sample`; :class:`EvaluationCounter` counts the evaluations of a field.
+* :mod:`fmlib.ode` -- :func:`log_likelihood` by the instantaneous change of variables.
 * :mod:`fmlib.training` -- the CFM loss and a tensor-wise training loop.
 * :mod:`fmlib.recipes` -- the annulus training setups of the book (the seed's and the book's best).
 * :mod:`fmlib.data` -- 2-D toy data sets (the annulus).
@@ -22,10 +22,10 @@ from .continuity import continuity_residual, continuity_terms, divergence
 from .data import TOY_DATASETS, annulus_entropy, annulus_log_prob, get_dataset, sample_annulus
 from .marginal import EmpiricalMarginal
 from .networks import MLPVectorField
-from .ode import log_likelihood, sample_with_log_prob, solve_ode
+from .ode import log_likelihood
 from .paths import GaussianPath, LinearPath, PathSample, VPDiffusionPath
 from .recipes import BEST_ANNULUS_CONFIG, SEED_ANNULUS_CONFIG, train_annulus, train_annulus_many
-from .sampler import STAGES, sample, solve
+from .sampler import STAGES, EvaluationCounter, sample, solve
 from .training import cfm_loss, draw_times, quasi_random_batch, train_cfm
 from .utils import default_device, seed_everything
 
@@ -36,8 +36,8 @@ __all__ = [
     "EmpiricalMarginal",
     "continuity_residual", "continuity_terms", "divergence",
     "MLPVectorField",
-    "solve", "sample", "STAGES",
-    "solve_ode", "log_likelihood", "sample_with_log_prob",
+    "solve", "sample", "STAGES", "EvaluationCounter",
+    "log_likelihood",
     "cfm_loss", "draw_times", "quasi_random_batch", "train_cfm",
     "SEED_ANNULUS_CONFIG", "BEST_ANNULUS_CONFIG", "train_annulus", "train_annulus_many",
     "sample_annulus", "annulus_log_prob", "annulus_entropy", "TOY_DATASETS", "get_dataset",

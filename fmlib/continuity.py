@@ -30,9 +30,12 @@ from typing import Callable
 
 import torch
 
-from ._checks import as_time, check_points
+from ._checks import as_time, check_choice, check_generator, check_points, check_positive_int
 
-__all__ = ["divergence", "continuity_terms", "continuity_residual"]
+__all__ = ["divergence", "continuity_terms", "continuity_residual", "DIVERGENCES", "PROBES"]
+
+DIVERGENCES = ("exact", "hutchinson")
+PROBES = ("rademacher", "gaussian")
 
 VectorField = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 LogDensity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -63,23 +66,81 @@ def _divergence(u: torch.Tensor, x: torch.Tensor, create_graph: bool) -> torch.T
     return div
 
 
+def _hutchinson(u: torch.Tensor, x: torch.Tensor, probes: torch.Tensor, create_graph: bool) -> torch.Tensor:
+    """Hutchinson's estimate: the mean over the probes eps (shape (k, n, d)) of eps^T (du/dx) eps, shape (n,)."""
+    div = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+    if not u.requires_grad:
+        return div
+    for eps in probes:  # one vector-Jacobian product per probe
+        (vjp,) = torch.autograd.grad((u * eps).sum(), x, create_graph=create_graph, retain_graph=True,
+                                     allow_unused=True)
+        if vjp is not None:
+            div = div + (vjp * eps).sum(dim=1)
+    return div / len(probes)
+
+
+def _draw_probes(x, n_probes, probe, generator):
+    eps = torch.randn((n_probes,) + tuple(x.shape), generator=generator, device=x.device, dtype=x.dtype)
+    return eps.sign() if probe == "rademacher" else eps  # sign of a Gaussian: +-1 with probability 1/2 each
+
+
+def _check_divergence_args(name, method, n_probes, probe, probes, generator, x):
+    """Checks the divergence arguments of :func:`divergence` and :func:`fmlib.ode.log_likelihood` (``name``: the
+    method's argument name there); returns n_probes and the given ``probes`` in x's dtype and device (or None)."""
+    check_choice(name, method, DIVERGENCES)
+    n_probes = check_positive_int("n_probes", n_probes)
+    check_choice("probe", probe, PROBES)
+    check_generator("generator", generator)
+    if probes is not None:
+        if method != "hutchinson":
+            raise ValueError(f"probes are only used with the 'hutchinson' divergence, got {method!r}")
+        if not isinstance(probes, torch.Tensor) or probes.ndim != 3 or tuple(probes.shape[1:]) != tuple(x.shape):
+            raise ValueError(f"probes must be a tensor of shape (n_probes, {x.shape[0]}, {x.shape[1]}), got "
+                             f"{tuple(probes.shape) if isinstance(probes, torch.Tensor) else type(probes).__name__}")
+        probes = probes.to(dtype=x.dtype, device=x.device)
+    return n_probes, probes
+
+
+def _field_and_divergence(v, t, x, method, probes):
+    """v(t, x) and its divergence (exact, or Hutchinson with the fixed ``probes``), both detached: the right-hand
+    side of the likelihood's augmented ODE, evaluated at every solver stage (no argument checks)."""
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        u = _call_field(v, t, x)
+        div = _divergence(u, x, False) if method == "exact" else _hutchinson(u, x, probes, False)
+    return u.detach(), div.detach()
+
+
 def _prepare(t, x):
     x = check_points("x", x)
     t = as_time(t, x)
     return t.detach().clone().requires_grad_(True), x.detach().clone().requires_grad_(True)
 
 
-def divergence(v: VectorField, t, x: torch.Tensor, *, create_graph: bool = False) -> torch.Tensor:
-    r"""Exact divergence :math:`\nabla\cdot v_t(x) = \sum_{i=1}^d \partial v^{(i)}_t(x) / \partial x^{(i)}`.
+def divergence(v: VectorField, t, x: torch.Tensor, *, method: str = "exact", n_probes: int = 1,
+               probe: str = "rademacher", probes: torch.Tensor | None = None,
+               generator: torch.Generator | None = None, create_graph: bool = False) -> torch.Tensor:
+    r"""The divergence :math:`\nabla\cdot v_t(x) = \operatorname{tr} \tfrac{\partial v_t}{\partial x}(x) =
+    \sum_{i=1}^d \partial v^{(i)}_t(x) / \partial x^{(i)}`, exactly or by Hutchinson's estimator.
 
-    Computed with one autograd backward pass per dimension (d passes in all), so it is exact up to rounding but
-    meant for small d. Used in the continuity equation (book eq. ``eq-continuity``; Lipman et al. 2023, Section 2).
+    ``method="exact"`` takes one autograd backward pass per dimension (d in all): exact up to rounding, for small d.
+    Used in the continuity equation (book eq. ``eq-continuity``; Lipman et al. 2023, Section 2) and the
+    likelihood (book eq. ``eq-log-likelihood``). ``method="hutchinson"`` averages :math:`\varepsilon^\top
+    \tfrac{\partial v}{\partial x} \varepsilon` over ``n_probes`` probes with :math:`E[\varepsilon
+    \varepsilon^\top] = I` (book eq. ``eq-hutchinson``; Hutchinson 1989), one backward pass each: unbiased, with
+    the variance of book eq. ``eq-hutchinson-variance`` divided by ``n_probes``.
 
     Args:
         v: vector field called as ``v(t, x)`` with t of shape (n, 1) and x of shape (n, d); returns shape (n, d).
             Each output row may depend only on the same input row.
         t: times in [0, 1]: float, 0-d tensor, shape (n,) or (n, 1).
         x: points, shape (n, d), floating point (use float64 for tight tolerances).
+        method: "exact" or "hutchinson".
+        n_probes: number of Hutchinson probes per point, a positive int.
+        probe: "rademacher" (entries +-1; never a larger variance) or "gaussian".
+        probes: optional fixed probes, shape (n_probes, n, d) (then ``n_probes``, ``probe`` and ``generator`` are
+            unused).
+        generator: optional ``torch.Generator`` on x's device for the probes.
         create_graph: keep the graph so that the result can be differentiated again (default False: the result
             is detached).
 
@@ -88,13 +149,17 @@ def divergence(v: VectorField, t, x: torch.Tensor, *, create_graph: bool = False
 
     Raises:
         ValueError: if v is not callable, x is not a finite (n, d) float tensor, t has a bad shape or lies outside
-            [0, 1], or v returns a shape other than x's.
+            [0, 1], v returns a shape other than x's, or for a bad method, n_probes, probe, probes or generator.
     """
     _check_callable("v", v)
+    n_probes, probes = _check_divergence_args("method", method, n_probes, probe, probes, generator,
+                                              check_points("x", x))
     t, x = _prepare(t, x)
+    if method == "hutchinson" and probes is None:
+        probes = _draw_probes(x, n_probes, probe, generator)
     with torch.enable_grad():
         u = _call_field(v, t, x)
-        div = _divergence(u, x, create_graph)
+        div = _divergence(u, x, create_graph) if method == "exact" else _hutchinson(u, x, probes, create_graph)
     return div if create_graph else div.detach()
 
 

@@ -36,7 +36,9 @@ from ._checks import (check_bool, check_choice, check_device, check_int_in, chec
                       check_seed, check_sigma_min)
 from .data import annulus_log_prob, sample_annulus
 from .networks import ACTIVATIONS, MAX_TIME_FREQUENCIES, MLPVectorField
+from .ode import log_likelihood
 from .paths import LinearPath
+from .sampler import solve
 from .training import _default_adam, train_cfm
 
 __all__ = ["SEED_ANNULUS_CONFIG", "BEST_ANNULUS_CONFIG", "TrainedModel", "build_model", "train_annulus",
@@ -387,7 +389,7 @@ def evaluate_annulus(model, n_points: int = 4000, *, seed: int = 4, rtol: float 
 
     Draws ``n_points`` fresh annulus points x_1 and as many noise points x_0 from one generator seeded with
     ``seed``. The log-likelihoods log p(x_1) come from :func:`fmlib.ode.log_likelihood` (``dopri5``, exact
-    divergence); the samples from :func:`fmlib.ode.solve_ode` from x_0. Needs torchdiffeq (``fmlib[ode]``).
+    divergence); the samples from :func:`fmlib.sampler.solve` (``dopri5``) from x_0. Needs torchdiffeq (``fmlib[ode]``).
 
     Args:
         model: the vector field ``v(t, x)``, an ``nn.Module`` with parameters (its device and dtype are used).
@@ -405,8 +407,6 @@ def evaluate_annulus(model, n_points: int = 4000, *, seed: int = 4, rtol: float 
         ValueError: for a bad n_points or seed, a model without parameters, with ``dim`` other than 2, or in a
             dtype other than float32/float64.
     """
-    from .ode import log_likelihood, solve_ode  # needs torchdiffeq
-
     n_points = check_positive_int("n_points", n_points)
     if n_points < 2:
         raise ValueError(f"n_points must be an int >= 2 (standard errors need two points), got {n_points}")
@@ -423,11 +423,11 @@ def evaluate_annulus(model, n_points: int = 4000, *, seed: int = 4, rtol: float 
     held_out = sample_annulus(n_points, generator=gen)
     x_0 = torch.randn(n_points, 2, generator=gen)
     held_out, x_0 = (z.to(param.device, param.dtype) for z in (held_out, x_0))
-    lp = log_likelihood(model, held_out, "dopri5", rtol=rtol, atol=atol).log_p.double().cpu()
+    lp = log_likelihood(model, held_out, "dopri5", rtol=rtol, atol=atol).double().cpu()  # needs torchdiffeq
     held_out = held_out.double().cpu()
     kl = annulus_log_prob(held_out) - lp
     edge = (held_out.norm(dim=1) - 2.5).abs() > 0.4  # within 0.1 of r = 2 or r = 3
-    r = solve_ode(model, x_0, "dopri5", rtol=rtol, atol=atol).x.double().norm(dim=1).cpu()
+    r = solve(model, x_0, method="dopri5", rtol=rtol, atol=atol).double().norm(dim=1).cpu()
     root_n = n_points ** 0.5
     return {"nll": -lp.mean().item(), "nll_se": lp.std().item() / root_n,
             "gap": kl.mean().item(), "gap_se": kl.std().item() / root_n,
