@@ -73,6 +73,63 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# --- 0. fmlib's overhead over the bare network ----------------------------------------------------------------
+
+def bench_overhead(blocks, device, calls_per_block=10, batch=1024):
+    """The book's best annulus network called as fmlib.MLPVectorField(t, x) against the same layers called bare
+    (the time features and the nn.Sequential, no argument handling): a forward pass and a training step (forward,
+    backward, Adam). The two sides alternate in short blocks of ``calls_per_block`` calls (A, B, B, A, ...), many
+    blocks, so that the machine's noise, which is larger than the overhead itself on a shared CPU, hits both sides
+    alike; the overhead is the median over the blocks of fmlib's time / bare time - 1, with its quartiles."""
+    from fmlib import recipes
+
+    fmlib.seed_everything(0)
+    model = recipes.build_model(recipes.BEST_ANNULUS_CONFIG).to(device)
+    g = torch.Generator(device=device).manual_seed(1)
+    t = torch.rand(batch, 1, generator=g, device=device)
+    x = torch.randn(batch, 2, generator=g, device=device)
+    target = torch.randn(batch, 2, generator=g, device=device)
+    omega = math.pi * torch.arange(1, model.time_frequencies + 1, device=device, dtype=torch.float32)
+
+    def bare(t, x):  # what MLPVectorField.forward computes, without its shape and dtype handling
+        angles = t * omega
+        return model.net(torch.cat([t, torch.sin(angles), torch.cos(angles), x], dim=1))
+
+    opt = torch.optim.Adam(model.parameters(), lr=1e-6)  # tiny steps: the network hardly changes between blocks
+
+    def forward(f):
+        def run():
+            with torch.no_grad():
+                for _ in range(calls_per_block):
+                    f(t, x)
+        return run
+
+    def step(f):
+        def run():
+            for _ in range(calls_per_block):
+                loss = ((f(t, x) - target) ** 2).sum(dim=1).mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        return run
+
+    torch.testing.assert_close(model(t, x), bare(t, x), rtol=0, atol=0)  # the same computation
+    # one thread on a CPU: two threads make each call's time jitter by more than the overhead being measured
+    threads = torch.get_num_threads()
+    if torch.device(device).type == "cpu":
+        torch.set_num_threads(1)
+    out = {"batch": batch, "calls_per_block": calls_per_block, "blocks": blocks, "cpu_threads": torch.get_num_threads()}
+    for name, make in (("forward", forward), ("training_step", step)):
+        make(model)(), make(bare)()  # warm-up
+        times = interleaved({"fmlib": make(model), "bare": make(bare)}, blocks, device)
+        pct = sorted(100 * (a / b - 1) for a, b in zip(times["fmlib"], times["bare"]))
+        out[name] = {"us_per_call": {k: 1e6 * statistics.median(v) / calls_per_block for k, v in times.items()},
+                     "overhead_percent": {"median": statistics.median(pct), "q1": pct[len(pct) // 4],
+                                          "q3": pct[(3 * len(pct)) // 4], "n": len(pct)}}
+    torch.set_num_threads(threads)
+    return out
+
+
 # --- 1. training throughput --------------------------------------------------------------------------------------
 
 class AnnulusPoints(torch.utils.data.Dataset):
@@ -204,10 +261,10 @@ def sample_metrics(samples, reference, n_proj=200, seed=0):
 
 
 def heldout_nll(model, x, method="dopri5"):
-    """Mean negative log-likelihood (nats) of points x under the model, by fmlib.ode.log_likelihood (exact div.)."""
+    """Mean negative log-likelihood (nats) of points x under the model, by fmlib.log_likelihood (exact div.)."""
     from fmlib.ode import log_likelihood
 
-    return float(-log_likelihood(model, x, method=method, rtol=1e-5, atol=1e-5).log_p.mean())
+    return float(-log_likelihood(model, x, method=method, rtol=1e-5, atol=1e-5).mean())
 
 
 def bench_quality(n_eval, quick):
@@ -291,6 +348,14 @@ def _fmt_spread(s, unit=""):
 def format_table(res) -> str:
     lines = [f"fmbook benchmarks, {res['machine']['cpu']} ({res['machine']['cores']} cores), "
              f"torch {res['machine']['torch']}, {res['date']}"]
+    for dev, ov in res.get("overhead", {}).items():
+        lines += ["", f"0. fmlib's overhead over the bare network on {dev} (best annulus model, batch {ov['batch']})"]
+        for name in ("forward", "training_step"):
+            o = ov[name]
+            p = o["overhead_percent"]
+            lines.append(f"   {name:14s} fmlib {o['us_per_call']['fmlib']:8.1f} us, bare {o['us_per_call']['bare']:8.1f} us,"
+                         f" overhead {p['median']:+.2f} % (quartiles {p['q1']:+.1f} to {p['q3']:+.1f} %, "
+                         f"{p['n']} blocks)")
     for dev, tr in res.get("training", {}).items():
         lines += ["", f"1. Training throughput on {dev}, {tr['n_steps']} steps x {tr['reps']} repetitions",
                   f"   seed-style DataLoader loop : {tr['ms_per_step']['seed_dataloader']:.3f} ms/step",
@@ -334,7 +399,7 @@ def format_table(res) -> str:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer repetitions and steps (smoke test)")
-    ap.add_argument("--skip", nargs="*", default=[], choices=["training", "sampler", "quality", "book", "pytest"],
+    ap.add_argument("--skip", nargs="*", default=[], choices=["overhead", "training", "sampler", "quality", "book", "pytest"],
                     help="parts to leave out")
     ap.add_argument("--output", type=Path, default=RESULTS, help="where to write the JSON (default: %(default)s)")
     ap.add_argument("--update", action="store_true",
@@ -352,6 +417,8 @@ def main(argv=None):
         print(f"CUDA GPU present ({res['machine']['cuda']}): the training and sampler benchmarks run there too")
     reps = 3 if args.quick else 7
     t_start = time.perf_counter()
+    if "overhead" not in args.skip:
+        res["overhead"] = {d: bench_overhead(50 if args.quick else 400, d) for d in devices}
     if "training" not in args.skip:
         res["training"] = {d: bench_training(500 if args.quick else 2000, reps, d) for d in devices}
     if "sampler" not in args.skip:
@@ -364,7 +431,7 @@ def main(argv=None):
     if "pytest" not in args.skip:
         res["pytest"] = bench_pytest()
     res["total_seconds"] = time.perf_counter() - t_start
-    for part in ("training", "sampler", "quality", "book", "pytest"):
+    for part in ("overhead", "training", "sampler", "quality", "book", "pytest"):
         if part not in res and part in old:
             res[part] = old[part]
             res.setdefault("kept_from_earlier_run", []).append(part)
