@@ -30,7 +30,7 @@ from typing import Callable
 
 import torch
 
-from ._checks import as_time, check_choice, check_generator, check_points, check_positive_int
+from ._checks import as_time, check_bool, check_choice, check_finite, check_generator, check_points, check_positive_int
 
 __all__ = ["divergence", "continuity_terms", "continuity_residual", "DIVERGENCES", "PROBES"]
 
@@ -94,9 +94,13 @@ def _check_divergence_args(name, method, n_probes, probe, probes, generator, x):
     if probes is not None:
         if method != "hutchinson":
             raise ValueError(f"probes are only used with the 'hutchinson' divergence, got {method!r}")
-        if not isinstance(probes, torch.Tensor) or probes.ndim != 3 or tuple(probes.shape[1:]) != tuple(x.shape):
-            raise ValueError(f"probes must be a tensor of shape (n_probes, {x.shape[0]}, {x.shape[1]}), got "
-                             f"{tuple(probes.shape) if isinstance(probes, torch.Tensor) else type(probes).__name__}")
+        if (not isinstance(probes, torch.Tensor) or probes.ndim != 3 or tuple(probes.shape[1:]) != tuple(x.shape)
+                or probes.shape[0] == 0 or not probes.is_floating_point()):
+            got = (f"shape {tuple(probes.shape)}, dtype {probes.dtype}" if isinstance(probes, torch.Tensor)
+                   else type(probes).__name__)
+            raise ValueError(f"probes must be a floating-point tensor of shape (n_probes, {x.shape[0]}, {x.shape[1]}) "
+                             f"with n_probes >= 1, got {got}")
+        check_finite("probes", probes)
         probes = probes.to(dtype=x.dtype, device=x.device)
     return n_probes, probes
 
@@ -111,10 +115,20 @@ def _field_and_divergence(v, t, x, method, probes):
     return u.detach(), div.detach()
 
 
+def _check_grad_mode():
+    if torch.is_inference_mode_enabled():  # enable_grad cannot record there: every derivative would come out 0
+        raise ValueError("derivatives by autograd cannot be taken inside torch.inference_mode(); call this outside "
+                         "it (torch.no_grad() is fine)")
+
+
 def _prepare(t, x):
+    """t as (n, 1) and x, both requiring grad; inputs that already require grad stay connected to their graph."""
+    _check_grad_mode()
     x = check_points("x", x)
     t = as_time(t, x)
-    return t.detach().clone().requires_grad_(True), x.detach().clone().requires_grad_(True)
+    x = x if x.requires_grad else x.detach().clone().requires_grad_(True)
+    t = t if t.requires_grad else t.detach().clone().requires_grad_(True)
+    return t, x
 
 
 def divergence(v: VectorField, t, x: torch.Tensor, *, method: str = "exact", n_probes: int = 1,
@@ -152,6 +166,7 @@ def divergence(v: VectorField, t, x: torch.Tensor, *, method: str = "exact", n_p
             [0, 1], v returns a shape other than x's, or for a bad method, n_probes, probe, probes or generator.
     """
     _check_callable("v", v)
+    create_graph = check_bool("create_graph", create_graph)
     n_probes, probes = _check_divergence_args("method", method, n_probes, probe, probes, generator,
                                               check_points("x", x))
     t, x = _prepare(t, x)

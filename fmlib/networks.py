@@ -12,7 +12,9 @@ them in (fmlib's solvers, samplers and training loop), not at every evaluation.
 from __future__ import annotations
 
 import math
+import numbers
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -87,9 +89,9 @@ class MLPVectorField(nn.Module):
                 parameters', or t has a shape that does not broadcast to (n, 1). The values are not checked
                 (see the module docstring).
         """
-        if not isinstance(x, torch.Tensor) or x.ndim != 2 or x.shape[1] != self.dim:
-            got = f"shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"x must be a tensor of shape (n, {self.dim}), got {got}")
+        if not isinstance(x, torch.Tensor) or x.ndim != 2 or x.shape[1] != self.dim or not x.is_floating_point():
+            got = f"shape {tuple(x.shape)}, dtype {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"x must be a floating-point tensor of shape (n, {self.dim}), got {got}")
         t = time_column(t, x)
         if self.time_frequencies:
             angles = t * self._frequencies(t)  # (n, K)
@@ -120,8 +122,8 @@ def time_column(t, x: torch.Tensor) -> torch.Tensor:
     looking at their values (no synchronisation with a GPU).
 
     Args:
-        t: a Python number, a 0-d tensor, or a tensor of shape (n,), (n, 1), (1,) or (1, 1).
-        x: points, shape (n, d).
+        t: a real number (Python's or numpy's), a 0-d tensor, or a real tensor of shape (n,), (n, 1), (1,) or (1, 1).
+        x: points, a floating-point tensor of shape (n, d).
 
     Returns:
         shape (n, 1), a view where possible.
@@ -135,13 +137,10 @@ def time_column(t, x: torch.Tensor) -> torch.Tensor:
             if t.dtype == torch.bool or t.is_complex():
                 raise ValueError(f"t must be a real number or tensor of times, got dtype {t.dtype}")
             t = t.to(dtype=x.dtype, device=x.device)
-    elif isinstance(t, (int, float)) and not isinstance(t, bool):
+    elif isinstance(t, numbers.Real) and not isinstance(t, (bool, np.bool_)):  # Python and numpy numbers
         return torch.full((n, 1), float(t), dtype=x.dtype, device=x.device)
     else:
-        try:
-            t = torch.as_tensor(float(t), dtype=x.dtype, device=x.device)  # numpy scalars
-        except (TypeError, ValueError):
-            raise ValueError(f"t must be a real number or a tensor of times, got {type(t).__name__}") from None
+        raise ValueError(f"t must be a real number or a tensor of times, got {type(t).__name__}")
     if t.ndim == 0 or t.shape in ((1,), (1, 1)):
         return t.reshape(1, 1).expand(n, 1)
     if t.shape == (n,):

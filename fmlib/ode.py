@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 
 from ._checks import check_points
-from .continuity import _check_divergence_args, _draw_probes, _field_and_divergence
+from .continuity import _check_divergence_args, _check_grad_mode, _draw_probes, _field_and_divergence
 from .sampler import _check_method, _check_tol, _integrate
 
 __all__ = ["standard_normal_log_prob", "log_likelihood"]
@@ -92,6 +92,9 @@ def log_likelihood(v: VectorField, x_1: torch.Tensor, method: str = "dopri5", *,
     """
     if not callable(v):
         raise ValueError(f"v must be callable as v(t, x), got {type(v).__name__}")
+    if not callable(log_p0):
+        raise ValueError(f"log_p0 must be callable, mapping (n, d) points to (n,) log-densities, got {log_p0!r}")
+    _check_grad_mode()
     x_1 = check_points("x_1", x_1)
     n_steps = _check_method(method, n_steps)
     rtol, atol = _check_tol("rtol", rtol), _check_tol("atol", atol)
@@ -106,4 +109,7 @@ def log_likelihood(v: VectorField, x_1: torch.Tensor, method: str = "dopri5", *,
     zero = torch.zeros(x_1.shape[0], 1, dtype=x_1.dtype, device=x_1.device)
     with torch.no_grad():
         x_0, integral = _integrate(f, (x_1, zero), 1.0, 0.0, method, n_steps, rtol, atol)
+    if not bool(torch.isfinite(x_0).all() & torch.isfinite(integral).all()):  # once per call, not per step
+        raise ValueError(f"the backward solve is not finite: v(t, x) or its divergence produced NaN/inf, or the "
+                         f"{method} solve diverged")
     return _log_p0(log_p0, x_0) + integral.squeeze(1)

@@ -26,7 +26,8 @@ from typing import Callable
 
 import torch
 
-from ._checks import check_choice, check_device, check_float_dtype, check_generator, check_points, check_positive_int
+from ._checks import (check_bool, check_choice, check_device, check_float_dtype, check_generator, check_points,
+                      check_positive_int)
 
 __all__ = ["STAGES", "FIXED_METHODS", "ADAPTIVE_METHODS", "METHODS", "EvaluationCounter", "euler_step",
            "midpoint_step", "rk4_step", "solve", "sample"]
@@ -83,9 +84,10 @@ def _checked(v):
     """v with a check of its output's shape (a Python-level comparison: no synchronisation)."""
     def checked_v(t, x):
         u = v(t, x)
-        if not isinstance(u, torch.Tensor) or u.shape != x.shape:
-            got = tuple(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__
-            raise ValueError(f"v(t, x) must return a tensor of x's shape {tuple(x.shape)}, got {got}")
+        if not isinstance(u, torch.Tensor) or u.shape != x.shape or u.dtype != x.dtype:
+            got = f"shape {tuple(u.shape)}, dtype {u.dtype}" if isinstance(u, torch.Tensor) else type(u).__name__
+            raise ValueError(f"v(t, x) must return a tensor of x's shape {tuple(x.shape)} and dtype {x.dtype}, "
+                             f"got {got}")
         return u
     return checked_v
 
@@ -128,12 +130,16 @@ def _integrate(f, y0, t_start, t_end, method, n_steps, rtol, atol):
     ts = torch.tensor([t_start, t_end], dtype=torch.float64, device=like.device)
     try:
         sol = odeint(clipped, y0, ts, method=method, rtol=rtol, atol=atol, options={"step_t": ts[1:]})
-    except AssertionError as err:  # torchdiffeq's "underflow in dt": the step size shrank to nothing
-        if "underflow" not in str(err):
-            raise
-        raise ValueError(f"the adaptive solver {method!r} could not follow the field (its step size underflowed "
-                         f"to 0: {err}); the field is probably non-finite or blows up along the way -- check "
-                         f"that v(t, x) is finite, or use a fixed-step method to see where it fails") from err
+    except AssertionError as err:  # torchdiffeq's "underflow in dt" or "non-finite values in state"
+        if "underflow" in str(err):
+            raise ValueError(f"the adaptive solver {method!r} could not follow the field (its step size underflowed "
+                             f"to 0: {err}); the field is probably non-finite or blows up along the way, or the "
+                             f"tolerances are below the precision of the dtype -- check that v(t, x) is finite, or "
+                             f"use a fixed-step method to see where it fails") from err
+        if "non-finite" in str(err):
+            raise ValueError(f"the adaptive solver {method!r} met NaN/inf: v(t, x) (or its divergence) is not finite "
+                             f"along the way ({err})") from err
+        raise
     return tuple(s[-1] for s in sol) if isinstance(sol, tuple) else sol[-1]
 
 
@@ -195,6 +201,8 @@ def solve(v: VectorField, x_0: torch.Tensor, n_steps: int | None = None, method:
     rtol, atol = _check_tol("rtol", rtol), _check_tol("atol", atol)
     t_start, t_end = _check_time("t_start", t_start), _check_time("t_end", t_end)
     chunk_size = check_positive_int("chunk_size", chunk_size)
+    return_trajectory = check_bool("return_trajectory", return_trajectory)
+    enable_grad = check_bool("enable_grad", enable_grad)
     if not callable(v):
         raise ValueError(f"v must be callable as v(t, x), got {type(v).__name__}")
     if return_trajectory and n_steps is None:

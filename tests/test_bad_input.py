@@ -188,3 +188,59 @@ def test_sample_checks_device_generator_and_dtype():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA GPU"):
             fmlib.sample(v, 4, 2, device="cuda")
+
+
+# --- from a break-it round on solve, log_likelihood, divergence and the network's forward ---------------------------
+
+def test_derivatives_refused_inside_inference_mode():
+    """enable_grad records nothing inside inference_mode: the divergence would silently be 0."""
+    x = torch.randn(5, 2, dtype=torch.float64)
+    with torch.inference_mode():
+        with pytest.raises(ValueError, match="inference_mode"):
+            fmlib.divergence(lambda t, x: -x, 0.5, x)
+        with pytest.raises(ValueError, match="inference_mode"):
+            log_likelihood(lambda t, x: -x, x, "rk4", n_steps=4)
+
+
+def test_network_refuses_integer_points_and_non_numeric_times():
+    model = MLPVectorField(2, width=8, depth=1, time_frequencies=3)
+    with pytest.raises(ValueError, match="floating-point"):
+        model(0.5, torch.tensor([[1, 2], [3, -1]]))  # would have evaluated at t = 0
+    for t in ("0.5", True, np.bool_(True), 1 + 2j):
+        with pytest.raises(ValueError, match="t must be a real number"):
+            model(t, torch.randn(2, 2))
+    model(np.float32(0.5), torch.randn(2, 2))  # numpy numbers are numbers
+
+
+@pytest.mark.parametrize("probes", [torch.ones(0, 5, 2), torch.full((1, 5, 2), float("nan")),
+                                    torch.ones(1, 5, 2, dtype=torch.bool)])
+def test_bad_probes(probes):
+    with pytest.raises(ValueError, match="probes"):
+        fmlib.divergence(lambda t, x: -x, 0.5, torch.randn(5, 2), method="hutchinson", probes=probes)
+
+
+def test_non_finite_likelihood_is_an_error():
+    x = torch.randn(4, 2)
+    with pytest.raises(ValueError, match="not finite"):
+        log_likelihood(lambda t, x: x * float("nan"), x, "euler", n_steps=3, log_p0=lambda z: torch.zeros(len(z)))
+    with pytest.raises(ValueError, match="dopri5"):  # step size underflow or non-finite state: both named
+        log_likelihood(lambda t, x: x * float("nan"), x, "dopri5")
+
+
+def test_flags_are_booleans_and_field_dtype_is_checked():
+    x = torch.randn(4, 2)
+    with pytest.raises(ValueError, match="return_trajectory"):
+        solve(lambda t, x: -x, x, return_trajectory="False")
+    with pytest.raises(ValueError, match="enable_grad"):
+        solve(lambda t, x: -x, x, enable_grad=None)
+    with pytest.raises(ValueError, match="create_graph"):
+        fmlib.divergence(lambda t, x: -x, 0.5, x, create_graph="yes")
+    with pytest.raises(ValueError, match="dtype"):
+        solve(lambda t, x: (-x).double(), x, n_steps=2)
+
+
+def test_divergence_with_create_graph_stays_connected_to_x():
+    x = torch.randn(5, 2, dtype=torch.float64, requires_grad=True)
+    div = fmlib.divergence(lambda t, y: y ** 3, 0.5, x, create_graph=True)  # 3 sum_i x_i^2
+    (grad,) = torch.autograd.grad(div.sum(), x)
+    torch.testing.assert_close(grad, 6 * x.detach())
