@@ -229,17 +229,18 @@ def solve(v: VectorField, x_0: torch.Tensor, n_steps: int | None = None, method:
     return x_end, (trajs[0] if len(trajs) == 1 else torch.cat(trajs, dim=1))
 
 
-def sample(v: VectorField, n: int, dim: int, n_steps: int | None = None, method: str = "euler", *,
-           generator: torch.Generator | None = None, device=None, dtype=torch.float32, **kwargs):
+def sample(v: VectorField, n: int, dim: int | None = None, n_steps: int | None = None, method: str = "euler", *,
+           generator: torch.Generator | None = None, device=None, dtype: torch.dtype | None = None, **kwargs):
     r"""Draw ``n`` samples of the model: :math:`x_0 \sim \mathcal N(0, I_d)`, then :func:`solve` from t = 0 to 1.
 
     Args:
-        v: vector field ``v(t, x)``.
+        v: vector field ``v(t, x)``, e.g. an :class:`fmlib.networks.MLPVectorField`.
         n: number of samples, a positive int.
-        dim: dimension d, a positive int.
+        dim: dimension d, a positive int; default: ``v.dim`` (a network knows its own).
         n_steps, method: as in :func:`solve` (default: 50 Euler steps).
         generator: optional ``torch.Generator`` on ``device`` for reproducible noise.
-        device, dtype: where and in which precision to sample (default: CPU, float32).
+        device, dtype: where and in which precision to sample; default: those of v's parameters when v is a
+            ``torch.nn.Module`` that has any, else the CPU and torch's default dtype.
         **kwargs: passed on to :func:`solve` (``rtol``, ``atol``, ``return_trajectory``, ``enable_grad``,
             ``chunk_size``).
 
@@ -247,14 +248,26 @@ def sample(v: VectorField, n: int, dim: int, n_steps: int | None = None, method:
         as :func:`solve`: samples of shape (n, dim), and optionally the trajectory.
 
     Raises:
-        ValueError: as :func:`solve`, if n or dim is not a positive integer, or for a bad generator, device
-            (e.g. "cuda" without a GPU) or dtype.
+        ValueError: as :func:`solve`, if n or dim is not a positive integer, dim is missing for a v without ``dim``
+            or differs from it, or for a bad generator, device (e.g. "cuda" without a GPU) or dtype.
     """
     n = check_positive_int("n", n)
+    own_dim = getattr(v, "dim", None)
+    if dim is None:
+        if own_dim is None:
+            raise ValueError(f"dim must be given for a field without a dim attribute ({type(v).__name__})")
+        dim = own_dim
     dim = check_positive_int("dim", dim)
+    if isinstance(own_dim, int) and own_dim != dim:
+        raise ValueError(f"dim is {dim} but the field's dim is {own_dim}")
     check_generator("generator", generator)
+    param = next(v.parameters(), None) if isinstance(v, torch.nn.Module) else None
+    if device is None and param is not None:
+        device = param.device
     if device is not None:
         device = check_device("device", device)
+    if dtype is None:
+        dtype = param.dtype if param is not None else torch.get_default_dtype()
     check_float_dtype("dtype", dtype)
     x_0 = torch.randn(n, dim, generator=generator, device=device, dtype=dtype)
     return solve(v, x_0, n_steps, method, **kwargs)

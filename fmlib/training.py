@@ -208,8 +208,10 @@ def train_cfm(model: torch.nn.Module, sample_data: Callable, *, path: GaussianPa
 
     Args:
         model: the vector field ``v(t, x)``, a ``torch.nn.Module``; it is moved to ``device`` and trained in place.
-        sample_data: data sampler called as ``sample_data(n, generator=g, device=device)`` returning (n, d),
-            e.g. :func:`fmlib.data.sample_annulus`.
+        sample_data: the data: a tensor of shape (N, d), whose rows are drawn uniformly with replacement (with
+            the seeded generator, on ``device``; the tensor is copied there once and never changed), or a sampler
+            called as ``sample_data(n, generator=g, device=device)`` returning (n, d), e.g.
+            :func:`fmlib.data.sample_annulus`.
         path: conditional path (default ``LinearPath(0.0)``, target x_1 - x_0).
         n_steps: number of optimizer steps, a positive int.
         batch_size: data points per step, a positive int.
@@ -257,9 +259,14 @@ def train_cfm(model: torch.nn.Module, sample_data: Callable, *, path: GaussianPa
     time_beta = check_positive_real("time_beta", time_beta)
     if not isinstance(model, torch.nn.Module):
         raise ValueError(f"model must be a torch.nn.Module called as model(t, x), got {type(model).__name__}")
+    if isinstance(sample_data, torch.Tensor):
+        if data_uniforms is not None:
+            raise ValueError("data_uniforms needs a sampler that turns uniforms into points; with a data tensor, "
+                             "leave data_uniforms=None")
+        sample_data = _rows_of(check_points("sample_data (a data tensor)", sample_data))
     if not callable(sample_data):
-        raise ValueError(f"sample_data must be callable as sample_data(n, generator=g, device=device), "
-                         f"got {type(sample_data).__name__}")
+        raise ValueError(f"sample_data must be a data tensor of shape (N, d) or callable as sample_data(n, "
+                         f"generator=g, device=device), got {type(sample_data).__name__}")
     if seed is not None:
         seed = check_seed("seed", seed)
     if optimizer is not None:
@@ -349,6 +356,23 @@ def train_cfm(model: torch.nn.Module, sample_data: Callable, *, path: GaussianPa
             bar.set_postfix(loss=f"{float(losses[step]):.3f}", refresh=False)
     model.eval()
     return losses.cpu().tolist()
+
+
+def _rows_of(data: torch.Tensor) -> Callable:
+    """A sampler of batches from a data tensor of shape (N, d): rows drawn uniformly with replacement, with the
+    training loop's generator, on its device (the tensor is moved there once)."""
+    if data.shape[0] == 0:
+        raise ValueError("sample_data (a data tensor) must hold at least one row, got shape (0, d)")
+    placed = {}
+
+    def sample_rows(n, generator=None, device=None):
+        device = torch.device("cpu") if device is None else torch.device(device)
+        if device not in placed:
+            placed[device] = data.to(device)
+        rows = torch.randint(data.shape[0], (n,), generator=generator, device=device)
+        return placed[device][rows]
+
+    return sample_rows
 
 
 def _sobol_engine(sample_data, k, x_check, n_steps, batch_size, seed, generator, device):

@@ -163,3 +163,16 @@ def test_bad_chunk_and_v():
         solve("not a field", torch.randn(3, 2), n_steps=3)
     with pytest.raises(ValueError, match="n must be"):
         fmlib.sample(v_exp, 0, dim=2)
+
+
+def test_sample_follows_the_model():
+    """dim, dtype and device come from the network unless given; a dim that contradicts it is an error."""
+    model64 = fmlib.MLPVectorField(3, width=8, depth=1).double()
+    x = fmlib.sample(model64, 10, n_steps=2)
+    assert x.shape == (10, 3) and x.dtype == torch.float64
+    assert fmlib.sample(model64, 10, 3, n_steps=2, dtype=torch.float64).dtype == torch.float64
+    with pytest.raises(ValueError, match="dim is 2 but the field's dim is 3"):
+        fmlib.sample(model64, 10, 2)
+    with pytest.raises(ValueError, match="dim must be given"):
+        fmlib.sample(lambda t, x: -x, 10)
+    assert fmlib.sample(lambda t, x: -x, 10, 2).dtype == torch.get_default_dtype()
