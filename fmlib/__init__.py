@@ -11,15 +11,20 @@ Modules (each equation's code is one hop from here):
 * :mod:`fmlib.ode` -- :func:`log_likelihood` by the instantaneous change of variables.
 * :mod:`fmlib.training` -- the CFM loss and a tensor-wise training loop.
 * :mod:`fmlib.recipes` -- the annulus training setups of the book (the seed's and the book's best).
-* :mod:`fmlib.data` -- 2-D toy data sets (the annulus).
+* :mod:`fmlib.data` -- 2-D toy data sets (the annulus, two moons, eight Gaussians, a checkerboard).
+* :mod:`fmlib.checkpoints` -- :func:`save_model` and :func:`load_model`: a model file that describes itself.
 * :mod:`fmlib.plotting` -- figures that work in the static book and in live notebooks (show_plotly,
   density_path_figure, density_surface_figure, show_animation, trajectory_animation, live_controls; needs plotly,
-  matplotlib and ipywidgets: ``pip install fmlib[plot]``).
+  matplotlib and ipywidgets: ``pip install fmlib[plot]``); imported on first use of ``fmlib.plotting``.
 * :mod:`fmlib.utils` -- seeding and device choice.
 """
 
+import importlib
+
+from .checkpoints import LoadedModel, load_model, save_model
 from .continuity import continuity_residual, continuity_terms, divergence
-from .data import TOY_DATASETS, annulus_entropy, annulus_log_prob, get_dataset, sample_annulus
+from .data import (TOY_DATASETS, annulus_entropy, annulus_log_prob, get_dataset, sample_annulus, sample_checkerboard,
+                   sample_eight_gaussians, sample_moons)
 from .marginal import EmpiricalMarginal
 from .networks import MLPVectorField
 from .ode import log_likelihood
@@ -40,6 +45,15 @@ __all__ = [
     "log_likelihood",
     "cfm_loss", "draw_times", "quasi_random_batch", "train_cfm",
     "SEED_ANNULUS_CONFIG", "BEST_ANNULUS_CONFIG", "train_annulus", "train_annulus_many",
-    "sample_annulus", "annulus_log_prob", "annulus_entropy", "TOY_DATASETS", "get_dataset",
+    "sample_annulus", "annulus_log_prob", "annulus_entropy", "sample_moons", "sample_eight_gaussians",
+    "sample_checkerboard", "TOY_DATASETS", "get_dataset",
+    "save_model", "load_model", "LoadedModel",
     "seed_everything", "default_device",
 ]
+
+
+def __getattr__(name):
+    """``fmlib.plotting`` is imported on first use: it needs the plotting extras, which the rest of fmlib does not."""
+    if name == "plotting":
+        return importlib.import_module(".plotting", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

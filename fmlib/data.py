@@ -1,7 +1,9 @@
-r"""2-D toy data sets :math:`x_1 \sim q` (book chapter "Training a flow on an annulus").
+r"""2-D toy data sets :math:`x_1 \sim q`: the annulus of the book's chapters ("Training a flow on an annulus") and
+the usual test beds of the flow literature (two moons, eight Gaussians, a checkerboard; Grathwohl et al. 2019).
 
 Each sampler is called as ``sampler(n, generator=None, device=None, dtype=torch.float32)`` and returns a tensor of
-shape (n, 2). New toy sets join by adding a function of that form to :data:`TOY_DATASETS`.
+shape (n, 2), drawn with ``generator`` (seeded results) and made on ``device``. New toy sets join by adding a
+function of that form to :data:`TOY_DATASETS`.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import torch
 from ._checks import (check_choice, check_device, check_float_dtype, check_generator, check_points,
                       check_positive_int)
 
-__all__ = ["sample_annulus", "annulus_log_prob", "annulus_entropy", "TOY_DATASETS", "get_dataset"]
+__all__ = ["sample_annulus", "annulus_log_prob", "annulus_entropy", "sample_moons", "sample_eight_gaussians",
+           "sample_checkerboard", "TOY_DATASETS", "get_dataset"]
 
 
 def _check_radii(r_inner, r_outer):
@@ -103,11 +106,109 @@ def annulus_entropy(r_inner: float = 2.0, r_outer: float = 3.0) -> float:
     return math.log(2 * math.pi * (b - a)) + e_log_r
 
 
-TOY_DATASETS = {"annulus": sample_annulus}
+def _sampler_args(n, generator, device, dtype):
+    n = check_positive_int("n", n)
+    check_generator("generator", generator)
+    if device is not None:
+        device = check_device("device", device)
+    elif generator is not None:
+        device = generator.device  # draw where the generator lives
+    dtype = torch.get_default_dtype() if dtype is None else check_float_dtype("dtype", dtype)
+    return n, device, dtype
+
+
+def sample_moons(n: int, generator: torch.Generator | None = None, device=None, dtype=torch.float32, *,
+                 noise: float = 0.1) -> torch.Tensor:
+    r"""Two interleaving half circles ("two moons"), scikit-learn's ``make_moons`` scaled as in Grathwohl et al.
+    (2019): :math:`2 m + (-1, -0.2)` for a point m of ``make_moons(noise=noise)``, so that the data lie in about
+    [-3, 3] x [-2, 2].
+
+    The points are made by scikit-learn on the CPU (its random state drawn from ``generator``, so seeded calls give
+    the same points) and then moved to ``device``.
+
+    Args:
+        n: number of points, a positive int (the two moons get n // 2 and n - n // 2 points, shuffled).
+        generator: optional ``torch.Generator``.
+        device, dtype: where and in which precision (dtype: a floating-point dtype; None: torch's default).
+        noise: standard deviation of the Gaussian noise added by ``make_moons``, a number >= 0.
+
+    Returns:
+        shape (n, 2).
+
+    Raises:
+        ValueError: for a bad n, generator, device, dtype or noise.
+    """
+    from sklearn.datasets import make_moons  # scikit-learn's data sets, imported only when used
+
+    n, device, dtype = _sampler_args(n, generator, device, dtype)
+    if isinstance(noise, bool) or not isinstance(noise, numbers.Real) or not 0 <= noise < math.inf:
+        raise ValueError(f"noise must be a finite number >= 0, got {noise!r}")
+    seed = int(torch.randint(2 ** 31 - 1, (1,), generator=generator, device=device or "cpu"))
+    points, _ = make_moons(n, noise=float(noise), random_state=seed)
+    x = torch.as_tensor(points, dtype=torch.float64) * 2 + torch.tensor([-1.0, -0.2], dtype=torch.float64)
+    return x.to(device=device, dtype=dtype)
+
+
+def sample_eight_gaussians(n: int, generator: torch.Generator | None = None, device=None, dtype=torch.float32, *,
+                           radius: float = 2 * math.sqrt(2), std: float = 0.5 / math.sqrt(2)) -> torch.Tensor:
+    r"""An equal mixture of eight Gaussians :math:`N(c_k, \text{std}^2 I)` with centres :math:`c_k = r(\cos
+    k\pi/4, \sin k\pi/4)`, k = 0, ..., 7, on a circle of radius r (Grathwohl et al. 2019's scaling by default:
+    r = 2 sqrt 2, std = 0.5 / sqrt 2).
+
+    Args:
+        n: number of points, a positive int.
+        generator: optional ``torch.Generator`` on ``device``.
+        device, dtype: where and in which precision (dtype: a floating-point dtype; None: torch's default).
+        radius: radius of the circle of centres, a finite number > 0.
+        std: standard deviation of each component, a finite number > 0.
+
+    Returns:
+        shape (n, 2).
+
+    Raises:
+        ValueError: for a bad n, generator, device, dtype, radius or std.
+    """
+    n, device, dtype = _sampler_args(n, generator, device, dtype)
+    for name, value in (("radius", radius), ("std", std)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < math.inf:
+            raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    k = torch.randint(8, (n,), generator=generator, device=device)
+    angle = (math.pi / 4) * k.to(dtype)
+    centres = radius * torch.stack([torch.cos(angle), torch.sin(angle)], dim=1)
+    return centres + std * torch.randn(n, 2, generator=generator, device=device, dtype=dtype)
+
+
+def sample_checkerboard(n: int, generator: torch.Generator | None = None, device=None,
+                        dtype=torch.float32) -> torch.Tensor:
+    r"""Uniform on the eight dark squares of a 4 x 4 checkerboard on [-4, 4]^2 (squares of side 2; the dark ones
+    are those with :math:`\lfloor x^{(1)}/2 \rfloor + \lfloor x^{(2)}/2 \rfloor` even; Grathwohl et al. 2019):
+    density 1/32 on them, 0 elsewhere.
+
+    Args:
+        n: number of points, a positive int.
+        generator: optional ``torch.Generator`` on ``device``.
+        device, dtype: where and in which precision (dtype: a floating-point dtype; None: torch's default).
+
+    Returns:
+        shape (n, 2).
+
+    Raises:
+        ValueError: for a bad n, generator, device or dtype.
+    """
+    n, device, dtype = _sampler_args(n, generator, device, dtype)
+    u = torch.rand(n, 2, generator=generator, device=device, dtype=dtype)
+    column = torch.randint(4, (n,), generator=generator, device=device)  # which column of squares
+    row = 2 * torch.randint(2, (n,), generator=generator, device=device) + column % 2  # a dark square in it
+    return 2 * (torch.stack([column, row], dim=1).to(dtype) + u) - 4
+
+
+TOY_DATASETS = {"annulus": sample_annulus, "moons": sample_moons, "eight_gaussians": sample_eight_gaussians,
+                "checkerboard": sample_checkerboard}
 
 
 def get_dataset(name: str):
-    """Return the sampler of a toy data set by name (one of :data:`TOY_DATASETS`).
+    """Return the sampler of a toy data set by name: "annulus", "moons", "eight_gaussians" or "checkerboard" (the
+    keys of :data:`TOY_DATASETS`), e.g. ``fmlib.get_dataset("moons")(1000, generator=g)``.
 
     Raises:
         ValueError: for an unknown name.

@@ -53,6 +53,10 @@ class MLPVectorField(nn.Module):
         time_frequencies: number K of sinusoidal time frequencies, an int in [0, 1000] (0: the input is (t, x)).
         residual: use residual hidden layers (a bool, numpy's too).
 
+    The constructor's arguments are kept in ``model.config`` (a dict) and in the ``state_dict``, so that
+    ``load_state_dict`` refuses the weights of a model built otherwise (a ``ValueError`` naming the arguments that
+    differ); :func:`fmlib.save_model` and :func:`fmlib.load_model` store and rebuild a model from one file.
+
     Raises:
         ValueError: for a non-positive or non-integer size, a time_frequencies that is not an int in [0, 1000], a
             residual that is not a bool, or an unknown activation name.
@@ -72,6 +76,32 @@ class MLPVectorField(nn.Module):
             layers += [_ResidualBlock(width, act())] if residual else [nn.Linear(width, width), act()]
         layers.append(nn.Linear(width, self.dim))
         self.net = nn.Sequential(*layers)
+        self.config = {"dim": self.dim, "width": width, "depth": depth, "activation": activation,
+                       "time_frequencies": self.time_frequencies, "residual": self.residual}
+
+    # The constructor's arguments travel in the state_dict (key "_extra_state"), so that weights never load into a
+    # model of another shape or activation without a word, and fmlib.load_model rebuilds the model from its file.
+    def get_extra_state(self) -> dict:
+        """The model's constructor arguments, stored in its ``state_dict`` under ``"_extra_state"``."""
+        return {"class": type(self).__name__, "config": dict(self.config)}
+
+    def set_extra_state(self, state) -> None:
+        """Called by ``load_state_dict``: refuse weights saved from a model built with other arguments.
+
+        Raises:
+            ValueError: naming each constructor argument whose value differs.
+        """
+        theirs = state.get("config") if isinstance(state, dict) else None
+        if not isinstance(theirs, dict):
+            raise ValueError(f"the state_dict's '_extra_state' must be the config an MLPVectorField saved, got "
+                             f"{state!r}")
+        keys = list(self.config) + [k for k in theirs if k not in self.config]
+        differ = [f"{k}: the weights' {theirs.get(k, '(none)')!r}, this model's {self.config.get(k, '(none)')!r}"
+                  for k in keys if theirs.get(k) != self.config.get(k)]
+        if differ:
+            raise ValueError(f"these weights belong to an MLPVectorField built with other arguments ("
+                             f"{'; '.join(differ)}); build the model as MLPVectorField(**config) with the weights' "
+                             f"config, or load the file with fmlib.load_model")
 
     def forward(self, t, x: torch.Tensor) -> torch.Tensor:
         r"""Evaluate :math:`v_\theta(t, x)`.

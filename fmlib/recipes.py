@@ -142,7 +142,7 @@ def _cache_file(directory: Path, config, seed, device) -> Path:
 
 
 def _cache_key(config, seed, device) -> str:
-    key = {"config": config, "seed": seed, "device": device.type, "torch": torch.__version__, "recipe": 2}
+    key = {"config": config, "seed": seed, "device": device.type, "torch": torch.__version__, "recipe": 3}
     if torch.get_default_dtype() != torch.float32:  # the model's dtype (float32 keys stay as they were)
         key["dtype"] = str(torch.get_default_dtype())
     blob = json.dumps(key, sort_keys=True)

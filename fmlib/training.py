@@ -31,7 +31,10 @@ def cfm_loss(v: Callable, path: GaussianPath, x_1: torch.Tensor, generator: torc
     r"""Monte-Carlo estimate of the CFM loss on one batch of data points.
 
     The squared error is summed over the d coordinates and averaged over the batch (``reduction="mean"``), so the
-    value is an estimate of :math:`\mathcal L_{CFM}` as written in the book (book eq. ``eq-cfm-loss``).
+    value is an estimate of :math:`\mathcal L_{CFM}` as written in the book (book eq. ``eq-cfm-loss``). Libraries
+    that average over the coordinates instead (``flow_matching``'s examples, torchcfm's tutorials use
+    ``torch.mean((v - u) ** 2)``) report this value divided by d; the minimiser and the gradient directions are the
+    same, and with Adam, which is invariant to a constant scale of the loss, so is training.
 
     Args:
         v: vector field ``v(t, x)`` (e.g. :class:`fmlib.networks.MLPVectorField`).
@@ -310,11 +313,13 @@ def train_cfm(model: torch.nn.Module, sample_data: Callable, *, path: GaussianPa
     sobol = None if data_uniforms is None else _sobol_engine(sample_data, data_uniforms, x_check, n_steps,
                                                              batch_size, seed, generator, device)
     model.to(device).train()  # the arguments are checked: the model may change now
-    if optimizer is None:
+    own_optimizer = optimizer is None
+    if own_optimizer:
         optimizer = _default_adam(model, lr)
     # device-side buffer of losses: avoids a host synchronisation at every step; it is checked every CHECK_EVERY
     # steps, and training stops there with the weights of the last check if a loss was not finite
     losses = torch.empty(n_steps, device=device)
+    rate = f"lr={lr!r}" if own_optimizer else f"the optimizer's lr={optimizer.param_groups[0].get('lr')!r}"
     last_good, checked = _snapshot(model, optimizer), 0
     bar = tqdm(range(n_steps), desc=desc, disable=not progress, mininterval=2.0, unit="step")
     for step in bar:
@@ -348,7 +353,7 @@ def train_cfm(model: torch.nn.Module, sample_data: Callable, *, path: GaussianPa
                 bad = checked + int((~torch.isfinite(window)).nonzero()[0, 0])
                 _restore(model, optimizer, last_good)
                 model.eval()
-                raise ValueError(f"the loss became non-finite at step {bad} (lr={lr!r}, d={d}): the learning rate "
+                raise ValueError(f"the loss became non-finite at step {bad} ({rate}, d={d}): the learning rate "
                                  f"may be too large or sample_data may have returned NaN/inf or huge values; the "
                                  f"model was reset to {_weights_at(checked)}")
             checked, last_good = step + 1, _snapshot(model, optimizer)
@@ -419,7 +424,9 @@ def _weights_at(checked: int) -> str:
 
 
 def _snapshot(model, optimizer):
-    return ({k: v.detach().clone() for k, v in model.state_dict().items()}, copy.deepcopy(optimizer.state_dict()))
+    weights = {k: v.detach().clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v)
+               for k, v in model.state_dict().items()}  # a module's extra state (e.g. its config) is not a tensor
+    return weights, copy.deepcopy(optimizer.state_dict())
 
 
 def _restore(model, optimizer, snap):

@@ -46,9 +46,9 @@ def test_time_features_and_residual_layers():
     model.double().net[0].register_forward_pre_hook(lambda module, args: seen.append(args[0]))
     assert model(1.0, x.double()).dtype == torch.float64
     assert seen[0].dtype == torch.float64 and seen[0][:, 1:4].abs().max() < 1e-14
-    # the defaults keep the plain (t, x) network and its state-dict keys
-    assert list(MLPVectorField(2, width=8, depth=2).state_dict()) == [f"net.{i}.{p}" for i in (0, 2, 4)
-                                                                       for p in ("weight", "bias")]
+    # the defaults keep the plain (t, x) network and its weights' keys, next to the config (its "_extra_state")
+    assert list(MLPVectorField(2, width=8, depth=2).state_dict()) == ["_extra_state"] + [
+        f"net.{i}.{p}" for i in (0, 2, 4) for p in ("weight", "bias")]
 
 
 @pytest.mark.parametrize("kwargs, match", [
