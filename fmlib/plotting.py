@@ -16,6 +16,11 @@ equivalent, and ``fig.show()`` works there too. In Google Colab :func:`show_plot
 :func:`live_controls` wires ipywidgets sliders to a matplotlib drawing function for live notebooks (widget cells are
 tagged ``remove-cell``: the static book shows a static figure instead).
 
+:func:`use_book_style` sets the book's one figure style (matplotlib fonts and sizes for the text column), and
+:func:`show_figure` shows a matplotlib figure as the book shows every static figure: one image per panel, at its
+natural size, in a row that wraps, so that the panels sit side by side in the column of a desktop page and stack on
+a phone, with their text never shrunk below its size (a caption comes from the cell's metadata, see the chapters).
+
 :func:`glue` stores a computed number for the text of the book (MyST-NB's ``{glue:text}`` role), so that a sentence
 quotes the value its own run computed.
 """
@@ -25,7 +30,7 @@ from __future__ import annotations
 import hashlib
 import sys
 
-__all__ = ["glue", "show_plotly", "PlotlyFigure", "density_path_figure", "animation_html", "show_animation",
+__all__ = ["glue", "use_book_style", "BOOK_STYLE", "COLUMN_INCHES", "show_figure", "show_plotly", "PlotlyFigure", "density_path_figure", "animation_html", "show_animation",
            "live_controls", "density_surface_figure", "trajectory_animation"]
 
 
@@ -55,6 +60,115 @@ def glue(name: str, value) -> None:
     except ImportError:
         return
     _myst_glue(name, value, display=False)
+
+
+# The book's text column is 688 px wide at 1280 px (the theme's), about 6.9 in at 100 px per inch: a figure of
+# COLUMN_INCHES or less is never shrunk on a desktop, and 10-point text renders at 13.9 px (9 points: 12.5 px).
+COLUMN_INCHES = 6.8
+BOOK_STYLE = {
+    "figure.dpi": 100, "savefig.dpi": 100, "figure.figsize": (COLUMN_INCHES, 3.2),
+    "font.size": 10, "axes.titlesize": 10, "axes.labelsize": 10, "xtick.labelsize": 9, "ytick.labelsize": 9,
+    "legend.fontsize": 9, "figure.titlesize": 10, "axes.titlelocation": "center",
+}
+
+
+def use_book_style() -> None:
+    """Set matplotlib's defaults to the book's figure style (:data:`BOOK_STYLE`): sizes for the text column and
+    fonts that stay legible (at least 9 points, 12.5 px) when a figure is shown at its natural size."""
+    import matplotlib
+
+    matplotlib.rcParams.update(BOOK_STYLE)
+
+
+class BookFigure:
+    """A display object for a matplotlib figure shown by :func:`show_figure` (``text/html``; ``text/plain``: the alt
+    text)."""
+
+    def __init__(self, html: str, alt: str):
+        self.html, self.alt = html, alt
+
+    def _repr_html_(self) -> str:
+        return self.html
+
+    def __repr__(self) -> str:
+        return f"<figure: {self.alt}>"
+
+
+def _panel_boxes(fig):
+    """The bounding boxes (in inches) of a figure's panels: each axes with its labels and title, a colorbar joined
+    to the panel beside it."""
+    from matplotlib.transforms import Bbox
+
+    renderer = fig.canvas.get_renderer()
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    bars = [ax for ax in axes if hasattr(ax, "_colorbar")]
+    panels = [ax for ax in axes if ax not in bars]
+    boxes = {id(ax): ax.get_tightbbox(renderer) for ax in panels}
+    for bar in bars:
+        box = bar.get_tightbbox(renderer)
+        # the panel whose box is nearest the colorbar's left edge
+        owner = min(panels, key=lambda ax: abs(boxes[id(ax)].x1 - box.x0) + abs(boxes[id(ax)].y0 - box.y0))
+        boxes[id(owner)] = Bbox.union([boxes[id(owner)], box])
+    order = sorted(panels, key=lambda ax: (-round(boxes[id(ax)].y1, -1), boxes[id(ax)].x0))
+    return [boxes[id(ax)].transformed(fig.dpi_scale_trans.inverted()) for ax in order]
+
+
+def show_figure(fig, alt: str, *, split: bool | None = None, resolution: float = 1.5) -> None:
+    """Show a matplotlib figure the book's way, and close it.
+
+    With ``split`` (the default when the figure has several panels and no figure-level legend or text), each panel
+    becomes its own image, cut out with its labels, title and colorbar; the images sit in a row that wraps (side by
+    side in a desktop column, stacked on a phone). Otherwise the whole figure is one image. Each image is stored at
+    ``resolution`` times the pixels it is shown at (sharp on high-density screens) and shown at its natural size
+    of 100 px per inch, never wider than the column; a figure drawn within :data:`COLUMN_INCHES` is never shrunk on
+    a desktop.
+
+    Args:
+        fig: a ``matplotlib.figure.Figure``; figure-level titles (``suptitle``) are removed: the caption says it.
+        alt: the alt text, a non-empty str: what the figure shows, for a reader who cannot see it.
+        split: cut the panels apart (None: when there are several and nothing is drawn outside them).
+        resolution: stored pixels per shown pixel, a number in [1, 4].
+
+    The figure is displayed at once (``IPython.display.display`` of a :class:`BookFigure`: one ``text/html`` output,
+    which a cell's ``mystnb.figure`` metadata turns into a numbered figure with a caption).
+
+    Raises:
+        ValueError: for an alt that is not a non-empty str or a resolution outside [1, 4].
+    """
+    import base64
+    import html
+    import io
+
+    import matplotlib.pyplot as plt
+
+    if not isinstance(alt, str) or not alt.strip():
+        raise ValueError(f"alt must be a non-empty str describing the figure, got {alt!r}")
+    if isinstance(resolution, bool) or not isinstance(resolution, (int, float)) or not 1 <= resolution <= 4:
+        raise ValueError(f"resolution must be a number in [1, 4], got {resolution!r}")
+    if fig._suptitle is not None:
+        fig._suptitle.remove()
+        fig._suptitle = None
+    fig.canvas.draw()
+    panels = [ax for ax in fig.axes if ax.get_visible() and not hasattr(ax, "_colorbar")]
+    if split is None:
+        split = len(panels) > 1 and not fig.legends and not fig.texts
+    boxes = _panel_boxes(fig) if split else ["tight"]
+    images = []
+    for i, box in enumerate(boxes):
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=100 * resolution, bbox_inches=box, pad_inches=0.04)
+        data = buf.getvalue()
+        width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+        label = alt if len(boxes) == 1 else f"{alt} (panel {i + 1} of {len(boxes)})"
+        images.append(f'<img src="data:image/png;base64,{base64.b64encode(data).decode()}" '
+                      f'alt="{html.escape(label)}" width="{round(width / resolution)}" '
+                      f'style="max-width: 100%; height: auto; aspect-ratio: {width} / {height}">')
+    plt.close(fig)
+    markup = ('<div class="fm-figure" style="display: flex; flex-wrap: wrap; justify-content: center; '
+              'align-items: flex-end; gap: 0 4px">' + "".join(images) + "</div>")
+    from IPython.display import display
+
+    display(BookFigure(markup, alt))
 
 
 class PlotlyFigure:

@@ -13,6 +13,10 @@ driving Debian's Chromium (``/usr/bin/chromium``; Playwright never downloads a b
   ``<input type="range">`` outside animation players;
 * every math element is typeset by MathJax (an ``mjx-container`` inside), and no raw ``$$``, TeX delimiters or
   figure JSON shows as text;
+* the page reads on a desktop and on a phone (with every folded cell unfolded): at 1280 px no element in the article
+  column scrolls sideways or sticks out of it (code, outputs, tables, display math); at 390 px the page itself does
+  not scroll sideways; no static figure is shrunk by more than 1.3x (its text would fall below ~10 px), and each is
+  a numbered figure with a caption and alt text; no raw label (``eq-...``) or unresolved reference (``??``) shows;
 * a full-page screenshot of each page goes to ``_build/screenshots/<page>.png`` for people to look at, and
   one of each interactive figure to ``<page>.figure<i>.png``.
 
@@ -199,12 +203,97 @@ _LAUNCH_LINKS = """() => [...document.querySelectorAll('a[href*="colab.research.
     .map(e => e.getAttribute('href') || e.className)"""
 
 _RAW_TEXT = [
+    (re.compile(r"\beq-[a-z0-9]+(-[a-z0-9]+)*\b"), "a raw equation label"),
+    (re.compile(r"\?\?"), "an unresolved reference (??)"),
     (re.compile(r"\$\$"), "raw $$ (untypeset display math)"),
     (re.compile(r"\\begin\{(equation|align)"), "raw \\begin{...} (untypeset math)"),
     (re.compile(r'"(bdata|layout|frames)"\s*:|application/vnd\.plotly'), "raw figure JSON"),
     (re.compile(r"This interactive figure is drawn by plotly\.js"), "show_plotly's note that plotly.js is missing"),
     (re.compile(r"skipping unknown output mime type|Unsupported output type"), "a MyST-NB rendering failure"),
 ]
+
+# folded cells unfolded, so that hidden code is measured too
+_UNFOLD = """() => { document.querySelectorAll('details').forEach(d => d.open = true); }"""
+
+# elements of the article column that scroll sideways or stick out of it (not counting what lies inside a scroller)
+_WIDE = """() => {
+  const art = document.querySelector('article.bd-article') || document.querySelector('main') || document.body;
+  const col = art.getBoundingClientRect();
+  const out = [];
+  const describe = (el, why) => {
+    const cls = (el.className && el.className.baseVal === undefined ? el.className : '').toString().slice(0, 40);
+    const text = (el.innerText || el.textContent || '').trim().replace(/\\s+/g, ' ').slice(0, 60);
+    return `${el.tagName.toLowerCase()}.${cls} ${why}: ${text}`;
+  };
+  for (const el of art.querySelectorAll('*')) {
+    if (el.closest('.plotly-graph-div, div.animation, mjx-assistive-mml')) continue;
+    const r = el.getBoundingClientRect();
+    if (r.width === 0 || r.height === 0) continue;
+    const cs = getComputedStyle(el);
+    if (['auto', 'scroll'].includes(cs.overflowX) && el.scrollWidth > el.clientWidth + 1) {
+      out.push(describe(el, `scrolls (${el.scrollWidth} px in ${el.clientWidth} px)`));
+      continue;
+    }
+    let p = el.parentElement, inside = false;
+    while (p && p !== art) {
+      const o = getComputedStyle(p).overflowX;
+      if (o !== 'visible') { inside = true; break; }
+      p = p.parentElement;
+    }
+    if (!inside && (r.right > col.right + 1 || r.left < col.left - 1)) {
+      out.push(describe(el, `sticks out (${Math.round(r.left - col.left)} to ${Math.round(r.right - col.left)} px `
+                            + `of a ${Math.round(col.width)} px column)`));
+    }
+  }
+  return out;
+}"""
+
+# static figures: shrink factor, caption and alt text
+_FIGURES = """() => {
+  // every image in the column but the animations' frames and plotly's
+  const art = document.querySelector('article.bd-article') || document.querySelector('main') || document.body;
+  return [...art.querySelectorAll('img')].filter(img => !img.closest('div.animation, .plotly-graph-div'))
+    .map(img => {
+      const fig = img.closest('figure');
+      const cap = fig && fig.querySelector('figcaption');
+      // the width it is meant to be shown at: its width attribute (a sharper image stores more pixels), else its own
+      const natural = parseFloat(img.getAttribute('width')) || img.naturalWidth;
+      return {src: (img.getAttribute('src') || '').slice(0, 60), natural: natural, shown: img.clientWidth,
+              alt: img.getAttribute('alt') || '', caption: cap ? cap.innerText.trim().slice(0, 60) : '',
+              number: !!(cap && cap.querySelector('.caption-number'))};
+    });
+}"""
+
+_PAGE_WIDTH = "() => ({scroll: document.documentElement.scrollWidth, view: window.innerWidth})"
+
+
+def _check_layout(page, problems):
+    """Desktop width: nothing in the column scrolls or sticks out; figures legible, numbered, captioned."""
+    page.evaluate(_UNFOLD)
+    page.wait_for_timeout(200)
+    for item in page.evaluate(_WIDE):
+        problems.append(f"at 1280 px, {item}")
+    for fig in page.evaluate(_FIGURES):
+        fig["src"] = repr(fig["alt"][:50]) if fig["alt"] else fig["src"]
+        if fig["shown"] and fig["natural"] / fig["shown"] > 1.3:
+            problems.append(f"figure {fig['src']} shrunk {fig['natural'] / fig['shown']:.2f}x "
+                            f"({fig['natural']} px shown at {fig['shown']} px): its text is too small")
+        if not (fig["caption"] and fig["number"]):
+            problems.append(f"figure {fig['src']} has no numbered caption")
+        if not fig["alt"] or fig["alt"].startswith(("_build", "../", "data:")) or fig["alt"].endswith(".png"):
+            problems.append(f"figure {fig['src']} has no alt text (alt={fig['alt']!r})")
+
+
+def _check_phone(page, problems, shot):
+    """Phone width: the page itself never scrolls sideways; a full-page screenshot to ``shot``."""
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.wait_for_timeout(300)
+    width = page.evaluate(_PAGE_WIDTH)
+    if width["scroll"] > width["view"] + 1:
+        problems.append(f"at 390 px the page scrolls sideways ({width['scroll']} px wide)")
+    page.evaluate("() => window.scrollTo(0, 0)")
+    page.screenshot(path=str(shot), full_page=True)
+    page.set_viewport_size({"width": 1280, "height": 900})
 
 
 @pytest.mark.parametrize("page_path", PAGES or ["(no built book)"])
@@ -269,6 +358,8 @@ def test_page(page_path, server, browser, screenshots):
             element.screenshot(path=str(screenshots / f"{stem}.figure{i}.png"))
         page.evaluate("() => { document.activeElement && document.activeElement.blur(); window.scrollTo(0, 0); }")
         page.screenshot(path=str(screenshots / f"{stem}.png"), full_page=True)
+        _check_layout(page, problems)
+        _check_phone(page, problems, screenshots / f"{stem}.phone.png")
     finally:
         context.close()
     assert not problems, f"{page_path}:\n  " + "\n  ".join(dict.fromkeys(problems))
