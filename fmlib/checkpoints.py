@@ -35,10 +35,34 @@ class LoadedModel(NamedTuple):
     path: GaussianPath | None
 
 
-def _check_file(file):
-    if isinstance(file, bool) or not isinstance(file, (str, os.PathLike)) or str(file) == "":
+def _check_file(file, *, writing: bool) -> str:
+    if isinstance(file, bool) or not isinstance(file, (str, os.PathLike)) or str(file) in ("", "."):
         raise ValueError(f"file must be a non-empty str or path, got {file!r}")
-    return os.path.expanduser(file)
+    file = os.path.expanduser(os.fspath(file))
+    if os.path.isdir(file):
+        raise ValueError(f"file {file!r} is a directory; give the path of a file in it")
+    if writing:
+        folder = os.path.dirname(os.path.abspath(file))
+        if not os.path.isdir(folder):
+            raise ValueError(f"file {file!r}: its folder {folder!r} does not exist")
+        if not os.access(folder, os.W_OK):
+            raise ValueError(f"file {file!r}: its folder {folder!r} is not writable")
+    return file
+
+
+def _path_config(path) -> dict | None:
+    if path is None:
+        return None
+    cls = type(path)
+    if cls.__name__ not in _PATHS or cls is not _PATHS[cls.__name__][0]:
+        raise ValueError(f"path must be an fmlib.LinearPath or fmlib.VPDiffusionPath (or None), got {path!r}")
+    fields = _PATHS[cls.__name__][1]
+    try:  # rebuilt now, so that a file that would not load is never written
+        values = {k: float(getattr(path, k)) for k in fields}
+        cls(**values)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"path {path!r} has invalid parameters: {err}") from err
+    return {"class": cls.__name__, **values}
 
 
 def save_model(model: MLPVectorField, file, *, path: GaussianPath | None = None) -> None:
@@ -47,27 +71,27 @@ def save_model(model: MLPVectorField, file, *, path: GaussianPath | None = None)
 
     Args:
         model: an :class:`fmlib.MLPVectorField` (on any device; the file keeps the tensors' device, and
-            :func:`load_model` can map them elsewhere).
-        file: where to write, a str or path (``~`` expanded; an existing file is replaced).
+            :func:`load_model` can map them elsewhere), or one compiled by ``torch.compile`` (its model is saved).
+        file: where to write, a str or path (``~`` expanded; an existing file is replaced; its folder must exist).
         path: the conditional path of training, a :class:`fmlib.LinearPath` or :class:`fmlib.VPDiffusionPath`
             (its sigma_min or betas are stored), or None.
 
     Raises:
-        ValueError: if model is not an MLPVectorField, path is not one of the two path classes, or file is not a
-            non-empty str or path.
+        ValueError: if model is not an MLPVectorField (subclasses neither: load_model could not rebuild them), path
+            is not one of the two path classes or has invalid parameters, or file is not a writable file path.
     """
-    if not isinstance(model, MLPVectorField):
+    model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper holds the model itself
+    if type(model) is not MLPVectorField:
         raise ValueError(f"model must be an fmlib.MLPVectorField (for another module, save its state_dict), got "
                          f"{type(model).__name__}")
-    file = _check_file(file)
-    path_config = None
-    if path is not None:
-        if type(path).__name__ not in _PATHS or not isinstance(path, _PATHS[type(path).__name__][0]):
-            raise ValueError(f"path must be an fmlib.LinearPath or fmlib.VPDiffusionPath (or None), got {path!r}")
-        cls, fields = _PATHS[type(path).__name__]
-        path_config = {"class": cls.__name__, **{k: float(getattr(path, k)) for k in fields}}
-    torch.save({"format": FORMAT, "version": VERSION, "class": type(model).__name__, "config": dict(model.config),
-                "state_dict": model.state_dict(), "path": path_config}, file)
+    path_config = _path_config(path)
+    file = _check_file(file, writing=True)
+    saved = {"format": FORMAT, "version": VERSION, "class": "MLPVectorField", "config": model.config,
+             "state_dict": model.state_dict(), "path": path_config}
+    try:
+        torch.save(saved, file)
+    except (OSError, RuntimeError) as err:
+        raise ValueError(f"file {file!r} could not be written: {err}") from err
 
 
 def load_model(file, *, map_location=None) -> LoadedModel:
@@ -85,10 +109,10 @@ def load_model(file, *, map_location=None) -> LoadedModel:
         :class:`LoadedModel` ``(model, path)``; the model is in eval mode.
 
     Raises:
-        ValueError: if the file does not exist, cannot be read, or is not an fmlib model file of this version, or
-            map_location is not a device of this machine.
+        ValueError: if the file does not exist, cannot be read, is not an fmlib model file of this version, or its
+            contents do not make a model (a damaged or edited file), or map_location is not a device of this machine.
     """
-    file = _check_file(file)
+    file = _check_file(file, writing=False)
     if map_location is not None:
         map_location = check_device("map_location", map_location)
     if not os.path.isfile(file):
@@ -103,13 +127,19 @@ def load_model(file, *, map_location=None) -> LoadedModel:
     if saved.get("version") != VERSION or saved.get("class") != "MLPVectorField":
         raise ValueError(f"file {file!r} holds a {saved.get('class')!r} in version {saved.get('version')!r} of "
                          f"fmlib's model format; this fmlib reads an 'MLPVectorField' in version {VERSION}")
-    state = saved["state_dict"]
-    tensors = [v for v in state.values() if isinstance(v, torch.Tensor)]
-    model = MLPVectorField(**saved["config"]).to(device=tensors[0].device, dtype=tensors[0].dtype)
-    model.load_state_dict(state)
-    path = None
-    if saved["path"] is not None:
-        config = dict(saved["path"])
-        cls, fields = _PATHS[config.pop("class")]
-        path = cls(**{k: config[k] for k in fields})
+    try:
+        state = saved["state_dict"]
+        tensors = [v for v in state.values() if isinstance(v, torch.Tensor)]
+        if not tensors or not all(v.is_floating_point() for v in tensors):
+            raise ValueError("its weights are missing or not floating point")
+        model = MLPVectorField(**saved["config"]).to(device=tensors[0].device, dtype=tensors[0].dtype)
+        model.load_state_dict(state)
+        path = None
+        if saved["path"] is not None:
+            config = dict(saved["path"])
+            cls, fields = _PATHS[config.pop("class")]
+            path = cls(**{k: config[k] for k in fields})
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as err:
+        raise ValueError(f"file {file!r} does not hold a model that can be rebuilt (damaged or edited?): "
+                         f"{type(err).__name__}: {err}") from err
     return LoadedModel(model.eval(), path)

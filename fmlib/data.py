@@ -48,15 +48,12 @@ def sample_annulus(n: int, generator: torch.Generator | None = None, device=None
         shape (n, 2).
 
     Raises:
-        ValueError: if n is not a positive integer, the radii are invalid, generator, device or dtype are bad, or u
-            is not a float tensor of shape (n, 2) with values in [0, 1].
+        ValueError: if n is not a positive integer, the radii are invalid, generator, device or dtype are bad (or
+            the generator is on another device than ``device``), or u is not a float tensor of shape (n, 2) with
+            values in [0, 1].
     """
-    n = check_positive_int("n", n)
     _check_radii(r_inner, r_outer)
-    check_generator("generator", generator)
-    if device is not None:
-        device = check_device("device", device)
-    dtype = torch.get_default_dtype() if dtype is None else check_float_dtype("dtype", dtype)
+    n, device, dtype = _sampler_args(n, generator, device, dtype)
     if u is None:
         u = torch.rand(n, 2, generator=generator, device=device, dtype=dtype)
     else:  # given uniforms, e.g. quasi-random ones (fmlib.train_cfm with data_uniforms=2)
@@ -107,14 +104,26 @@ def annulus_entropy(r_inner: float = 2.0, r_outer: float = 3.0) -> float:
 
 
 def _sampler_args(n, generator, device, dtype):
+    """Checked n, device and dtype of a sampler; the device defaults to the generator's."""
     n = check_positive_int("n", n)
     check_generator("generator", generator)
     if device is not None:
         device = check_device("device", device)
+        if generator is not None and generator.device.type != device.type:
+            raise ValueError(f"generator is on {generator.device} but device is {device}: a generator draws on its "
+                             f"own device (make it with torch.Generator(device={str(device)!r}))")
     elif generator is not None:
         device = generator.device  # draw where the generator lives
     dtype = torch.get_default_dtype() if dtype is None else check_float_dtype("dtype", dtype)
     return n, device, dtype
+
+
+def _check_scale(name, value, lowest_open=True):
+    """A finite number > 0 (>= 0 with lowest_open=False) of at most 1e30, so that samples stay finite."""
+    low_ok = value > 0 if lowest_open else value >= 0
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (low_ok and value <= 1e30):
+        raise ValueError(f"{name} must be a number {'>' if lowest_open else '>='} 0 and at most 1e30, got {value!r}")
+    return float(value)
 
 
 def sample_moons(n: int, generator: torch.Generator | None = None, device=None, dtype=torch.float32, *,
@@ -130,7 +139,8 @@ def sample_moons(n: int, generator: torch.Generator | None = None, device=None, 
         n: number of points, a positive int (the two moons get n // 2 and n - n // 2 points, shuffled).
         generator: optional ``torch.Generator``.
         device, dtype: where and in which precision (dtype: a floating-point dtype; None: torch's default).
-        noise: standard deviation of the Gaussian noise added by ``make_moons``, a number >= 0.
+        noise: standard deviation of the Gaussian noise added by ``make_moons`` (before the scaling by 2, so the
+            points scatter by 2 noise around the arcs), a number in [0, 1e30].
 
     Returns:
         shape (n, 2).
@@ -141,10 +151,9 @@ def sample_moons(n: int, generator: torch.Generator | None = None, device=None, 
     from sklearn.datasets import make_moons  # scikit-learn's data sets, imported only when used
 
     n, device, dtype = _sampler_args(n, generator, device, dtype)
-    if isinstance(noise, bool) or not isinstance(noise, numbers.Real) or not 0 <= noise < math.inf:
-        raise ValueError(f"noise must be a finite number >= 0, got {noise!r}")
+    noise = _check_scale("noise", noise, lowest_open=False)
     seed = int(torch.randint(2 ** 31 - 1, (1,), generator=generator, device=device or "cpu"))
-    points, _ = make_moons(n, noise=float(noise), random_state=seed)
+    points, _ = make_moons(n, noise=noise, random_state=seed)
     x = torch.as_tensor(points, dtype=torch.float64) * 2 + torch.tensor([-1.0, -0.2], dtype=torch.float64)
     return x.to(device=device, dtype=dtype)
 
@@ -159,8 +168,8 @@ def sample_eight_gaussians(n: int, generator: torch.Generator | None = None, dev
         n: number of points, a positive int.
         generator: optional ``torch.Generator`` on ``device``.
         device, dtype: where and in which precision (dtype: a floating-point dtype; None: torch's default).
-        radius: radius of the circle of centres, a finite number > 0.
-        std: standard deviation of each component, a finite number > 0.
+        radius: radius of the circle of centres, a number in (0, 1e30].
+        std: standard deviation of each component, a number in (0, 1e30].
 
     Returns:
         shape (n, 2).
@@ -169,9 +178,7 @@ def sample_eight_gaussians(n: int, generator: torch.Generator | None = None, dev
         ValueError: for a bad n, generator, device, dtype, radius or std.
     """
     n, device, dtype = _sampler_args(n, generator, device, dtype)
-    for name, value in (("radius", radius), ("std", std)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < math.inf:
-            raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    radius, std = _check_scale("radius", radius), _check_scale("std", std)
     k = torch.randint(8, (n,), generator=generator, device=device)
     angle = (math.pi / 4) * k.to(dtype)
     centres = radius * torch.stack([torch.cos(angle), torch.sin(angle)], dim=1)

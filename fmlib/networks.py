@@ -53,9 +53,12 @@ class MLPVectorField(nn.Module):
         time_frequencies: number K of sinusoidal time frequencies, an int in [0, 1000] (0: the input is (t, x)).
         residual: use residual hidden layers (a bool, numpy's too).
 
-    The constructor's arguments are kept in ``model.config`` (a dict) and in the ``state_dict``, so that
-    ``load_state_dict`` refuses the weights of a model built otherwise (a ``ValueError`` naming the arguments that
-    differ); :func:`fmlib.save_model` and :func:`fmlib.load_model` store and rebuild a model from one file.
+    The constructor's arguments are kept in ``model.config`` (a dict) and in the ``state_dict`` under the key
+    ``"_extra_state"`` (PyTorch's place for a module's non-tensor state), so that ``load_state_dict`` refuses the
+    weights of a model built otherwise (a ``ValueError`` naming the arguments that differ); a state_dict without
+    that key (saved by older code) loads as before. :func:`fmlib.save_model` and :func:`fmlib.load_model` store and
+    rebuild a model from one file. As the state_dict holds this one non-tensor entry, code that treats every value as
+    a tensor should skip it, e.g. ``torch.func.functional_call(model, dict(model.named_parameters()), (t, x))``.
 
     Raises:
         ValueError: for a non-positive or non-integer size, a time_frequencies that is not an int in [0, 1000], a
@@ -76,14 +79,22 @@ class MLPVectorField(nn.Module):
             layers += [_ResidualBlock(width, act())] if residual else [nn.Linear(width, width), act()]
         layers.append(nn.Linear(width, self.dim))
         self.net = nn.Sequential(*layers)
-        self.config = {"dim": self.dim, "width": width, "depth": depth, "activation": activation,
-                       "time_frequencies": self.time_frequencies, "residual": self.residual}
+        self._config = {"dim": self.dim, "width": int(width), "depth": int(depth), "activation": str(activation),
+                        "time_frequencies": int(self.time_frequencies), "residual": bool(self.residual)}
+        # a state_dict saved before the config travelled with the weights has no "_extra_state": it loads as before
+        self._register_load_state_dict_pre_hook(_accept_state_without_config, with_module=True)
+
+    @property
+    def config(self) -> dict:
+        """The constructor's arguments, a new dict at every access (changing it changes nothing):
+        ``MLPVectorField(**model.config)`` builds a model of the same shape."""
+        return dict(self._config)
 
     # The constructor's arguments travel in the state_dict (key "_extra_state"), so that weights never load into a
     # model of another shape or activation without a word, and fmlib.load_model rebuilds the model from its file.
     def get_extra_state(self) -> dict:
         """The model's constructor arguments, stored in its ``state_dict`` under ``"_extra_state"``."""
-        return {"class": type(self).__name__, "config": dict(self.config)}
+        return {"class": "MLPVectorField", "config": dict(self._config)}
 
     def set_extra_state(self, state) -> None:
         """Called by ``load_state_dict``: refuse weights saved from a model built with other arguments.
@@ -95,9 +106,10 @@ class MLPVectorField(nn.Module):
         if not isinstance(theirs, dict):
             raise ValueError(f"the state_dict's '_extra_state' must be the config an MLPVectorField saved, got "
                              f"{state!r}")
-        keys = list(self.config) + [k for k in theirs if k not in self.config]
-        differ = [f"{k}: the weights' {theirs.get(k, '(none)')!r}, this model's {self.config.get(k, '(none)')!r}"
-                  for k in keys if theirs.get(k) != self.config.get(k)]
+        ours = self._config
+        keys = list(ours) + [k for k in theirs if k not in ours]
+        differ = [f"{k}: the weights' {theirs.get(k, '(none)')!r}, this model's {ours.get(k, '(none)')!r}"
+                  for k in keys if theirs.get(k) != ours.get(k)]
         if differ:
             raise ValueError(f"these weights belong to an MLPVectorField built with other arguments ("
                              f"{'; '.join(differ)}); build the model as MLPVectorField(**config) with the weights' "
@@ -145,6 +157,12 @@ class MLPVectorField(nn.Module):
             omega = math.pi * torch.arange(1, self.time_frequencies + 1, dtype=t.dtype, device=t.device)
             self.__dict__["_omega"] = omega
         return omega
+
+
+def _accept_state_without_config(module, state_dict, prefix, *args):
+    """A load_state_dict pre-hook of MLPVectorField: a state_dict without the config (saved before it travelled
+    with the weights) is given this model's own, so that it loads as before (shapes are still checked)."""
+    state_dict.setdefault(prefix + "_extra_state", module.get_extra_state())
 
 
 def time_column(t, x: torch.Tensor) -> torch.Tensor:

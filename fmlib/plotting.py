@@ -94,69 +94,102 @@ class BookFigure:
         return f"<figure: {self.alt}>"
 
 
-def _panel_boxes(fig):
-    """The bounding boxes (in inches) of a figure's panels: each axes with its labels and title, a colorbar joined
-    to the panel beside it."""
-    from matplotlib.transforms import Bbox
-
-    renderer = fig.canvas.get_renderer()
+def _panels(fig):
+    """The panels of a figure made as a grid of subplots, each with the colorbars drawn for it on its right, in
+    reading order; None when the figure is not such a grid (twin or inset axes, colorbars elsewhere, artists
+    drawn on the figure itself): then it is shown whole."""
+    if fig.legends or fig.texts or fig.artists or fig.lines or fig.patches or fig.images or fig.subfigs:
+        return None
     axes = [ax for ax in fig.axes if ax.get_visible()]
     bars = [ax for ax in axes if hasattr(ax, "_colorbar")]
     panels = [ax for ax in axes if ax not in bars]
-    boxes = {id(ax): ax.get_tightbbox(renderer) for ax in panels}
+    specs = [ax.get_subplotspec() for ax in panels]
+    specs = [s if s is None else s.get_topmost_subplotspec() for s in specs]
+    if len(panels) < 2 or None in specs:
+        return None
+    cells = [(spec.rowspan.start, spec.colspan.start) for spec in specs]
+    if len(set(cells)) != len(cells):  # twin axes share a cell
+        return None
+    renderer = fig.canvas.get_renderer()
+    groups = {id(ax): [ax] for ax in panels}
     for bar in bars:
-        box = bar.get_tightbbox(renderer)
-        # the panel whose box is nearest the colorbar's left edge
-        owner = min(panels, key=lambda ax: abs(boxes[id(ax)].x1 - box.x0) + abs(boxes[id(ax)].y0 - box.y0))
-        boxes[id(owner)] = Bbox.union([boxes[id(owner)], box])
-    order = sorted(panels, key=lambda ax: (-round(boxes[id(ax)].y1, -1), boxes[id(ax)].x0))
-    return [boxes[id(ax)].transformed(fig.dpi_scale_trans.inverted()) for ax in order]
+        owner = getattr(getattr(bar._colorbar, "mappable", None), "axes", None)
+        if owner is None or id(owner) not in groups:
+            return None
+        b, o = bar.get_window_extent(renderer), owner.get_window_extent(renderer)
+        if b.x0 < o.x1:  # not on its right
+            return None
+        for other in panels:  # another panel between them: the colorbar serves several panels
+            e = other.get_window_extent(renderer)
+            if other is not owner and e.x0 >= o.x1 - 1 and e.x1 <= b.x0 + 1 and e.y0 < b.y1 and e.y1 > b.y0:
+                return None
+        groups[id(owner)].append(bar)
+    order = sorted(range(len(panels)), key=lambda i: cells[i])
+    return [groups[id(panels[i])] for i in order]
+
+
+def _box(fig, group):
+    from matplotlib.transforms import Bbox
+
+    renderer = fig.canvas.get_renderer()
+    box = Bbox.union([ax.get_tightbbox(renderer) for ax in group])
+    return box.transformed(fig.dpi_scale_trans.inverted())
 
 
 def show_figure(fig, alt: str, *, split: bool | None = None, resolution: float = 1.5) -> None:
     """Show a matplotlib figure the book's way, and close it.
 
-    With ``split`` (the default when the figure has several panels and no figure-level legend or text), each panel
-    becomes its own image, cut out with its labels, title and colorbar; the images sit in a row that wraps (side by
-    side in a desktop column, stacked on a phone). Otherwise the whole figure is one image. Each image is stored at
-    ``resolution`` times the pixels it is shown at (sharp on high-density screens) and shown at its natural size
-    of 100 px per inch, never wider than the column; a figure drawn within :data:`COLUMN_INCHES` is never shrunk on
-    a desktop.
-
-    Args:
-        fig: a ``matplotlib.figure.Figure``; figure-level titles (``suptitle``) are removed: the caption says it.
-        alt: the alt text, a non-empty str: what the figure shows, for a reader who cannot see it.
-        split: cut the panels apart (None: when there are several and nothing is drawn outside them).
-        resolution: stored pixels per shown pixel, a number in [1, 4].
+    A figure that is a grid of subplots (``plt.subplots``), each with any colorbar on its right, is cut into its
+    panels: each becomes its own image with its labels, title and colorbar, and the images sit in a row that wraps
+    (side by side in a desktop column, stacked on a phone), in reading order. Any other figure (twin or inset axes,
+    a figure-level legend or text, one panel) is one image. Each image is stored at ``resolution`` times the pixels
+    it is shown at (sharp on high-density screens) and shown at its natural size of 100 px per inch, never wider
+    than the column; a figure drawn within :data:`COLUMN_INCHES` is never shrunk on a desktop.
 
     The figure is displayed at once (``IPython.display.display`` of a :class:`BookFigure`: one ``text/html`` output,
     which a cell's ``mystnb.figure`` metadata turns into a numbered figure with a caption).
 
+    Args:
+        fig: a ``matplotlib.figure.Figure``; a figure-level title (``suptitle``) is removed: the caption says it.
+        alt: the alt text, a non-empty str: what the figure shows, for a reader who cannot see it.
+        split: None (default): cut the panels apart when the figure is a grid as above; False: one image; True:
+            cut them apart, and raise if the figure is not such a grid.
+        resolution: stored pixels per shown pixel, a number in [1, 4].
+
     Raises:
-        ValueError: for an alt that is not a non-empty str or a resolution outside [1, 4].
+        ValueError: for a fig that is not a matplotlib Figure, an alt that is not a non-empty str, a split that is
+            not None or a bool (or True for a figure that cannot be cut), or a resolution outside [1, 4].
     """
     import base64
     import html
     import io
+    import numbers
 
     import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
+    from IPython.display import display
 
+    if not isinstance(fig, Figure):
+        raise ValueError(f"fig must be a matplotlib Figure (e.g. from plt.subplots), got {type(fig).__name__}")
     if not isinstance(alt, str) or not alt.strip():
         raise ValueError(f"alt must be a non-empty str describing the figure, got {alt!r}")
-    if isinstance(resolution, bool) or not isinstance(resolution, (int, float)) or not 1 <= resolution <= 4:
+    if split is not None and not isinstance(split, bool):
+        raise ValueError(f"split must be None, True or False, got {split!r}")
+    if isinstance(resolution, bool) or not isinstance(resolution, numbers.Real) or not 1 <= resolution <= 4:
         raise ValueError(f"resolution must be a number in [1, 4], got {resolution!r}")
     if fig._suptitle is not None:
         fig._suptitle.remove()
         fig._suptitle = None
     fig.canvas.draw()
-    panels = [ax for ax in fig.axes if ax.get_visible() and not hasattr(ax, "_colorbar")]
-    if split is None:
-        split = len(panels) > 1 and not fig.legends and not fig.texts
-    boxes = _panel_boxes(fig) if split else ["tight"]
+    groups = None if split is False else _panels(fig)
+    if split and groups is None:
+        raise ValueError("split=True, but the figure is not a grid of subplots with colorbars on their right only "
+                         "(twin or inset axes, or artists on the figure itself); use split=None or False")
+    boxes = [_box(fig, g) for g in groups] if groups else ["tight"]
     images = []
     for i, box in enumerate(boxes):
         buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=100 * resolution, bbox_inches=box, pad_inches=0.04)
+        fig.savefig(buf, format="png", dpi=100 * float(resolution), bbox_inches=box, pad_inches=0.04)
         data = buf.getvalue()
         width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
         label = alt if len(boxes) == 1 else f"{alt} (panel {i + 1} of {len(boxes)})"
@@ -166,8 +199,6 @@ def show_figure(fig, alt: str, *, split: bool | None = None, resolution: float =
     plt.close(fig)
     markup = ('<div class="fm-figure" style="display: flex; flex-wrap: wrap; justify-content: center; '
               'align-items: flex-end; gap: 0 4px">' + "".join(images) + "</div>")
-    from IPython.display import display
-
     display(BookFigure(markup, alt))
 
 
@@ -287,27 +318,33 @@ def density_path_figure(x, y, densities, times, *, groups=None, group_label: str
                        traces=list(range(n_groups)))
               for k in range(n_times)]
     fig = go.Figure(data=heatmaps(0), frames=frames)
-    slider = dict(active=0, currentvalue=dict(prefix=f"{time_label} = "), pad=dict(t=40),
+    # Layout (it must also work on a 390 px phone): the group buttons above the plot, on the left (plotly's toolbar
+    # is on the right); below the x-axis title, play/pause on the left and the time slider beside them, so that
+    # neither covers the other, the slider's "t = ..." label or the axis title
+    slider = dict(active=0, x=0.3, len=0.7, y=0, yanchor="top", pad=dict(t=45, b=0),
+                  currentvalue=dict(prefix=f"{time_label} = ", xanchor="left"),
                   steps=[dict(label=f"{times[k]:.3g}", method="animate",
                               # mode "next", not "immediate": a click fires two slider events, and an interrupted
                               # animation rejects its promise (an uncaught error in the console)
                               args=[[f"frame{k}"], dict(mode="next", frame=dict(duration=0, redraw=True),
                                                               transition=dict(duration=0))])
                          for k in range(n_times)])
-    menus = [dict(type="buttons", direction="left", x=0.0, y=-0.08, xanchor="left", yanchor="top", showactive=False,
-                  buttons=[dict(label="play", method="animate",
-                                args=[None, dict(frame=dict(duration=300, redraw=True), fromcurrent=True)]),
-                           dict(label="pause", method="animate",
-                                args=[[None], dict(mode="immediate", frame=dict(duration=0, redraw=False))])])]
+    menus = [dict(type="buttons", direction="left", x=0.0, y=0, xanchor="left", yanchor="top", showactive=False,
+                  pad=dict(t=70, r=0), buttons=[
+                      dict(label="play", method="animate",
+                           args=[None, dict(frame=dict(duration=300, redraw=True), fromcurrent=True)]),
+                      dict(label="pause", method="animate",
+                           args=[[None], dict(mode="immediate", frame=dict(duration=0, redraw=False))])])]
     if groups is not None:
-        # below the plot on the right (above it, plotly's toolbar would cover them)
-        menus.append(dict(type="buttons", direction="left", x=1.0, y=-0.08, xanchor="right", yanchor="top",
-                          active=0, buttons=[dict(label=f"{group_label} = {lab}", method="restyle",
-                                                  args=[{"visible": [g == i for g in range(n_groups)]}])
-                                             for i, lab in enumerate(groups)]))
+        menus.append(dict(type="buttons", direction="left", x=0.0, y=1.0, xanchor="left", yanchor="bottom",
+                          pad=dict(b=8), active=0,
+                          buttons=[dict(label=f"{group_label} = {lab}", method="restyle",
+                                        args=[{"visible": [g == i for g in range(n_groups)]}])
+                                   for i, lab in enumerate(groups)]))
+    top = 50 + (40 if title else 0)
     fig.update_layout(title=title, height=height, sliders=[slider], updatemenus=menus,
                       xaxis=dict(title="x<sup>(1)</sup>", constrain="domain"),
-                      yaxis=dict(title="x<sup>(2)</sup>", scaleanchor="x"), margin=dict(t=70, b=40))
+                      yaxis=dict(title="x<sup>(2)</sup>", scaleanchor="x"), margin=dict(t=top, b=130, l=50, r=20))
     return fig
 
 

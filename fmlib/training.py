@@ -205,9 +205,11 @@ def train_cfm(model: torch.nn.Module, sample_data: Callable, *, path: GaussianPa
               data_uniforms: int | None = None) -> list[float]:
     r"""Train a vector field with the CFM loss; batches are drawn tensor-wise from ``sample_data``.
 
-    At every step: draw x_1 = ``sample_data(batch_size, generator=g, device=device)`` (shape (batch_size, d)),
-    t ~ U[0, 1] (or Beta(1, ``time_beta``), see :func:`draw_times`) and x_0 ~ N(0, I), and take one optimizer step
-    on :func:`cfm_loss`.
+    At every step, in this order and all from one generator ``g`` seeded with ``seed``: draw x_1 =
+    ``sample_data(batch_size, generator=g, device=device)`` (shape (batch_size, d)), t ~ U[0, 1] of shape
+    (batch_size, 1) (or Beta(1, ``time_beta``), see :func:`draw_times`) and x_0 ~ N(0, I), and take one optimizer
+    step on :func:`cfm_loss`. A plain loop that makes the same draws in the same order, with the same optimizer,
+    computes the same losses (the annulus chapter shows that loop and checks it).
 
     Args:
         model: the vector field ``v(t, x)``, a ``torch.nn.Module``; it is moved to ``device`` and trained in place.
@@ -319,14 +321,13 @@ def train_cfm(model: torch.nn.Module, sample_data: Callable, *, path: GaussianPa
     # device-side buffer of losses: avoids a host synchronisation at every step; it is checked every CHECK_EVERY
     # steps, and training stops there with the weights of the last check if a loss was not finite
     losses = torch.empty(n_steps, device=device)
-    rate = f"lr={lr!r}" if own_optimizer else f"the optimizer's lr={optimizer.param_groups[0].get('lr')!r}"
     last_good, checked = _snapshot(model, optimizer), 0
     bar = tqdm(range(n_steps), desc=desc, disable=not progress, mininterval=2.0, unit="step")
     for step in bar:
         try:
             t = x_0 = None
-            if sobol is None:
-                x_1 = sample_data(batch_size, generator=generator, device=device)
+            if sobol is None:  # the first batch is the one drawn above to learn d and the dtype
+                x_1 = x_check if step == 0 else sample_data(batch_size, generator=generator, device=device)
             else:
                 t, x_0, x_1 = _quasi_random_batch(sobol, batch_size, d, sample_data, time_beta, path.t_max, device,
                                                   x_check.dtype)
@@ -353,6 +354,10 @@ def train_cfm(model: torch.nn.Module, sample_data: Callable, *, path: GaussianPa
                 bad = checked + int((~torch.isfinite(window)).nonzero()[0, 0])
                 _restore(model, optimizer, last_good)
                 model.eval()
+                rates = [group.get("lr") for group in optimizer.param_groups]
+                rate = (f"lr={lr!r}" if own_optimizer else
+                        f"the optimizer's lr={rates[0]!r}" if len(rates) == 1 else
+                        f"the optimizer's learning rates {rates!r}")
                 raise ValueError(f"the loss became non-finite at step {bad} ({rate}, d={d}): the learning rate "
                                  f"may be too large or sample_data may have returned NaN/inf or huge values; the "
                                  f"model was reset to {_weights_at(checked)}")
@@ -372,8 +377,8 @@ def _rows_of(data: torch.Tensor) -> Callable:
 
     def sample_rows(n, generator=None, device=None):
         device = torch.device("cpu") if device is None else torch.device(device)
-        if device not in placed:
-            placed[device] = data.to(device)
+        if device not in placed:  # a copy, detached from autograd: the caller's tensor is never touched
+            placed[device] = data.detach().to(device, copy=True)
         rows = torch.randint(data.shape[0], (n,), generator=generator, device=device)
         return placed[device][rows]
 

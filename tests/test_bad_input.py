@@ -150,8 +150,9 @@ def test_sampler_without_generator_keyword():
 
 
 def test_data_that_turns_nan_stops_training_and_restores_the_weights():
-    """A sampler that returns NaN at its 6th call (step 4): the loss check names the step, the model is back at its
-    initial weights (no check passed yet) and in eval mode (the network itself does not look at its inputs' values)."""
+    """A sampler that returns NaN at its 6th call (step 5; the first call is step 0's batch): the loss check names the
+    step, the model is back at its initial weights (no check passed yet) and in eval mode (the network itself does
+    not look at its inputs' values)."""
     calls = {"n": 0}
 
     def flaky(n, generator=None, device=None):
@@ -161,7 +162,7 @@ def test_data_that_turns_nan_stops_training_and_restores_the_weights():
 
     model = _tiny_model()
     initial = [p.detach().clone() for p in model.parameters()]
-    with pytest.raises(ValueError, match="non-finite at step 4 .*initial weights"):
+    with pytest.raises(ValueError, match="non-finite at step 5 .*initial weights"):
         train_cfm(model, flaky, n_steps=10, batch_size=8, progress=False)
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), initial)) and not model.training
 

@@ -176,3 +176,115 @@ def test_plotting_is_reachable_from_the_package():
     assert fmlib.plotting is fmlib.__getattr__("plotting")
     with pytest.raises(AttributeError):
         fmlib.no_such_thing
+
+
+# --- from a break-it round ---------------------------------------------------------------------------------------
+
+def test_config_is_a_copy_of_plain_python_values(tmp_path):
+    import numpy as np
+
+    model = MLPVectorField(2, width=np.int64(8), depth=2, activation=np.str_("elu"))
+    config = model.config
+    config["activation"] = "relu"  # changes nothing of the model's
+    assert model.config["activation"] == "elu" and type(model.config["activation"]) is str
+    save_model(model, tmp_path / "m.pt")
+    loaded, _ = load_model(tmp_path / "m.pt")  # numpy values were stored as Python ones: weights_only reads them
+    x = torch.randn(3, 2)
+    assert torch.equal(loaded(0.3, x), model(0.3, x))
+
+
+def test_a_state_dict_from_before_the_config_still_loads():
+    model = MLPVectorField(2, width=8)
+    old = {k: v for k, v in model.state_dict().items() if k != "_extra_state"}
+    twin = MLPVectorField(2, width=8)
+    twin.load_state_dict(old)
+    assert "_extra_state" not in old  # the caller's dict is left as it was
+    x = torch.randn(3, 2)
+    assert torch.equal(twin(0.5, x), model(0.5, x))
+    # functional_call over the parameters, as the class docstring says
+    out = torch.func.functional_call(model, dict(model.named_parameters()), (0.5, x))
+    assert torch.equal(out, model(0.5, x))
+
+
+def test_damaged_files_and_bad_targets_are_value_errors(tmp_path):
+    model = MLPVectorField(2, width=8)
+    file = tmp_path / "m.pt"
+    save_model(model, file)
+    saved = torch.load(file, weights_only=True)
+    for edit in (lambda d: d.pop("config"), lambda d: d.update(config=[1, 2]), lambda d: d.update(state_dict={}),
+                 lambda d: d["config"].update(width=16), lambda d: d.update(path={"class": "Foo"})):
+        damaged = {k: (dict(v) if isinstance(v, dict) else v) for k, v in saved.items()}
+        edit(damaged)
+        torch.save(damaged, tmp_path / "bad.pt")
+        with pytest.raises(ValueError, match="does not hold a model"):
+            load_model(tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="is a directory"):
+        save_model(model, tmp_path)
+    with pytest.raises(ValueError, match="does not exist"):
+        save_model(model, tmp_path / "no" / "such" / "folder.pt")
+    with pytest.raises(ValueError, match="is a directory"):
+        load_model(tmp_path)
+
+    class Sub(MLPVectorField):
+        pass
+
+    with pytest.raises(ValueError, match="model must be an fmlib.MLPVectorField"):
+        save_model(Sub(2), file)
+    path = LinearPath(0.1)
+    path.sigma_min = 5.0  # changed after construction
+    with pytest.raises(ValueError, match="invalid parameters"):
+        save_model(model, file, path=path)
+    save_model(torch.compile(model), file)  # the compiled wrapper's model is saved
+    assert load_model(file).model.config == model.config
+
+
+def test_training_data_tensor_is_copied_and_detached():
+    data = torch.randn(64, 2, requires_grad=True)
+    before = data.detach().clone()
+    model = MLPVectorField(2, width=8, depth=1)
+    train_cfm(model, data, n_steps=3, batch_size=16, progress=False)
+    assert data.grad is None and torch.equal(data.detach(), before)
+
+
+def test_generator_and_device_must_agree():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a second device (a CUDA GPU)")
+    for sampler in fmlib.TOY_DATASETS.values():
+        with pytest.raises(ValueError, match="generator is on"):
+            sampler(4, generator=torch.Generator(device="cuda"), device="cpu")
+
+
+@pytest.mark.parametrize("name, kwargs", [("moons", dict(noise=1e300)), ("eight_gaussians", dict(radius=1e39)),
+                                          ("eight_gaussians", dict(std=1e39))])
+def test_sample_scales_are_capped(name, kwargs):
+    with pytest.raises(ValueError, match="at most 1e30"):
+        fmlib.get_dataset(name)(4, **kwargs)
+
+
+def test_show_figure_cuts_only_grids_of_subplots():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from fmlib.plotting import _panels, show_figure
+
+    fig, axes = plt.subplots(1, 3)
+    axes[2].set_title("a title makes this panel taller")
+    image = axes[1].imshow(np.eye(3))
+    fig.colorbar(image, ax=axes[1])
+    groups = _panels(fig)
+    assert [g[0] for g in groups] == list(axes) and [len(g) for g in groups] == [1, 2, 1]  # reading order
+    for make in (lambda f, a: a[0].twinx(), lambda f, a: f.add_axes([0.1, 0.1, 0.2, 0.2]),
+                 lambda f, a: f.colorbar(a[0].imshow(np.eye(2)), ax=list(a)), lambda f, a: f.text(0.5, 0.5, "x")):
+        fig, axes = plt.subplots(1, 2)
+        make(fig, axes)
+        assert _panels(fig) is None  # shown whole
+        with pytest.raises(ValueError, match="split=True"):
+            show_figure(fig, alt="a figure", split=True)
+    for bad in (dict(fig=axes[0]), dict(alt=""), dict(split="yes"), dict(resolution=9)):
+        args = dict(fig=plt.figure(), alt="a figure") | bad
+        with pytest.raises(ValueError):
+            show_figure(args.pop("fig"), **args)
+    plt.close("all")
