@@ -130,6 +130,52 @@ def bench_overhead(blocks, device, calls_per_block=10, batch=1024):
     return out
 
 
+# --- 0b. torch.compile on the book's training runs ----------------------------------------------------------------
+
+def bench_compile(blocks, steps_per_block, device):
+    """Does ``torch.compile`` pay off for the book's two annulus trainings? For each recipe config, two copies of
+    its network with the same weights: one eager, one ``torch.compile``-d (default mode, caches disabled so that the
+    compilation is timed as a reader's first run meets it). Each trains with ``fmlib.train_cfm`` in blocks of
+    ``steps_per_block`` steps, alternating (A, B, B, A, ...); the compile time is the first compiled step's time
+    minus an eager step's. Reported: the medians per step, the per-block speed-up (median, min, max), and the whole
+    training's estimated time both ways: n_steps x step, plus the compile time for the compiled model."""
+    from torch._inductor import config as inductor_config
+
+    from fmlib import recipes
+    from fmlib.training import _default_adam
+
+    out = {"blocks": blocks, "steps_per_block": steps_per_block, "cpu_threads": torch.get_num_threads(),
+           "mode": "default"}
+    for name, config in (("seed", recipes.SEED_ANNULUS_CONFIG), ("best", recipes.BEST_ANNULUS_CONFIG)):
+        fmlib.seed_everything(0)
+        eager = recipes.build_model(config).to(device)
+        twin = recipes.build_model(config).to(device)
+        twin.load_state_dict(eager.state_dict())
+        torch._dynamo.reset()
+        compiled = torch.compile(twin)
+        optimizers = {"eager": _default_adam(eager, 1e-3), "compiled": _default_adam(twin, 1e-3)}
+        models = {"eager": eager, "compiled": compiled}
+
+        def block(side, n=steps_per_block):
+            return lambda: fmlib.train_cfm(models[side], sample_annulus, n_steps=n, batch_size=config["batch_size"],
+                                           optimizer=optimizers[side], seed=1, device=device, progress=False,
+                                           time_beta=config["time_beta"])
+
+        block("eager", 1)()  # warm-up
+        eager_first = timed(block("eager", 1), device)[0]
+        with inductor_config.patch(force_disable_caches=True):
+            compiled_first = timed(block("compiled", 1), device)[0]
+        times = interleaved({"eager": block("eager"), "compiled": block("compiled")}, blocks, device)
+        ratio = [a / b for a, b in zip(times["eager"], times["compiled"])]
+        step = {k: statistics.median(v) / steps_per_block for k, v in times.items()}
+        compile_s = compiled_first - eager_first
+        n = config["n_steps"]
+        out[name] = {"batch_size": config["batch_size"], "n_steps": n, "compile_seconds": compile_s,
+                     "ms_per_step": {k: 1e3 * v for k, v in step.items()}, "speedup": spread(ratio),
+                     "training_seconds": {"eager": n * step["eager"], "compiled": compile_s + n * step["compiled"]}}
+    return out
+
+
 # --- 1. training throughput --------------------------------------------------------------------------------------
 
 class AnnulusPoints(torch.utils.data.Dataset):
@@ -356,6 +402,16 @@ def format_table(res) -> str:
             lines.append(f"   {name:14s} fmlib {o['us_per_call']['fmlib']:8.1f} us, bare {o['us_per_call']['bare']:8.1f} us,"
                          f" overhead {p['median']:+.2f} % (quartiles {p['q1']:+.1f} to {p['q3']:+.1f} %, "
                          f"{p['n']} blocks)")
+    for dev, co in res.get("compile", {}).items():
+        lines += ["", f"0b. torch.compile on {dev} ({co['blocks']} alternating blocks of {co['steps_per_block']} "
+                      f"training steps, {co['cpu_threads']} threads)"]
+        for name in ("seed", "best"):
+            c = co[name]
+            lines.append(f"   {name} config (batch {c['batch_size']}): eager {c['ms_per_step']['eager']:.2f} ms/step, "
+                         f"compiled {c['ms_per_step']['compiled']:.2f} ms/step, speed-up "
+                         f"{_fmt_spread(c['speedup'], 'x')}, compile {c['compile_seconds']:.1f} s; "
+                         f"{c['n_steps']} steps: eager {c['training_seconds']['eager']:.1f} s, compiled "
+                         f"{c['training_seconds']['compiled']:.1f} s")
     for dev, tr in res.get("training", {}).items():
         lines += ["", f"1. Training throughput on {dev}, {tr['n_steps']} steps x {tr['reps']} repetitions",
                   f"   seed-style DataLoader loop : {tr['ms_per_step']['seed_dataloader']:.3f} ms/step",
@@ -399,7 +455,8 @@ def format_table(res) -> str:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer repetitions and steps (smoke test)")
-    ap.add_argument("--skip", nargs="*", default=[], choices=["overhead", "training", "sampler", "quality", "book", "pytest"],
+    ap.add_argument("--skip", nargs="*", default=[], choices=["overhead", "compile", "training", "sampler", "quality", "book",
+                                                             "pytest"],
                     help="parts to leave out")
     ap.add_argument("--output", type=Path, default=RESULTS, help="where to write the JSON (default: %(default)s)")
     ap.add_argument("--update", action="store_true",
@@ -419,6 +476,8 @@ def main(argv=None):
     t_start = time.perf_counter()
     if "overhead" not in args.skip:
         res["overhead"] = {d: bench_overhead(50 if args.quick else 400, d) for d in devices}
+    if "compile" not in args.skip:
+        res["compile"] = {d: bench_compile(4 if args.quick else 12, 100 if args.quick else 250, d) for d in devices}
     if "training" not in args.skip:
         res["training"] = {d: bench_training(500 if args.quick else 2000, reps, d) for d in devices}
     if "sampler" not in args.skip:
@@ -431,7 +490,7 @@ def main(argv=None):
     if "pytest" not in args.skip:
         res["pytest"] = bench_pytest()
     res["total_seconds"] = time.perf_counter() - t_start
-    for part in ("overhead", "training", "sampler", "quality", "book", "pytest"):
+    for part in ("overhead", "compile", "training", "sampler", "quality", "book", "pytest"):
         if part not in res and part in old:
             res[part] = old[part]
             res.setdefault("kept_from_earlier_run", []).append(part)

@@ -88,3 +88,48 @@ def test_no_launch_buttons_to_a_placeholder():
         launch = config.get("launch_buttons") or {}
         offered = {k: v for k, v in launch.items() if k.endswith("_url") and v}
         assert not offered, f"launch buttons {offered} point at the placeholder repository {config['repository']['url']}"
+
+
+# --- pages that read as a book ------------------------------------------------------------------------------------
+
+def _tags(cell) -> list:
+    return cell.get("metadata", {}).get("tags", [])
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_figures_are_numbered_captioned_and_folded(path):
+    """Every static figure goes through fmlib.plotting.show_figure in a folded cell of its own, with a numbered
+    caption; figures are referred to by {numref}, never by a number typed into a title or the text."""
+    nb = json.loads(path.read_text())
+    for i, cell in enumerate(nb["cells"]):
+        source = "".join(cell["source"])
+        where = f"{path.name}, cell {i}"
+        assert not re.search(r"\bFigure \d", source), f"{where}: a hard-coded figure number (use {{numref}})"
+        if cell["cell_type"] != "code" or "remove-cell" in _tags(cell):
+            continue
+        assert "plt.show()" not in source, f"{where}: show a static figure with show_figure(fig, alt=...)"
+        if "show_figure(" in source:
+            figure = cell["metadata"].get("mystnb", {}).get("figure", {})
+            assert figure.get("name", "").startswith("fig-") and figure.get("caption"), \
+                f"{where}: a figure cell needs mystnb.figure metadata with a name 'fig-...' and a caption"
+            assert {"hide-input", "nbval-ignore-output"} <= set(_tags(cell)), \
+                f"{where}: a figure cell is tagged hide-input and nbval-ignore-output"
+            outputs = [o for o in cell.get("outputs", []) if o.get("output_type") != "stream" or o.get("text")]
+            assert len(outputs) == 1, f"{where}: a figure cell has one output, the figure ({len(outputs)} found)"
+
+
+_RAW_LABEL = re.compile(r"eq-[a-z0-9]+(?:-[a-z0-9]+)*")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_no_raw_labels_and_lines_that_fit(path):
+    """Code is part of the page: no raw equation labels in it, and lines of at most 79 characters (the column)."""
+    nb = json.loads(path.read_text())
+    for i, cell in enumerate(nb["cells"]):
+        if cell["cell_type"] != "code" or "remove-cell" in _tags(cell):
+            continue
+        source = "".join(cell["source"])
+        assert not _RAW_LABEL.search(source), \
+            f"{path.name}, cell {i}: raw label {_RAW_LABEL.search(source).group()} in code (say it in words)"
+        long = [line for line in source.splitlines() if len(line) > 79]
+        assert not long, f"{path.name}, cell {i}: {len(long)} code lines longer than 79 characters, e.g. {long[0]!r}"

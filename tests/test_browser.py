@@ -213,7 +213,8 @@ _RAW_TEXT = [
 ]
 
 # folded cells unfolded, so that hidden code is measured too
-_UNFOLD = """() => { document.querySelectorAll('details').forEach(d => d.open = true); }"""
+_UNFOLD = """() => { document.querySelectorAll('details:not([open])').forEach(d => { d.open = true; d.dataset.fmUnfolded = 1; }); }"""
+_REFOLD = """() => { document.querySelectorAll('details[data-fm-unfolded]').forEach(d => { d.open = false; delete d.dataset.fmUnfolded; }); }"""
 
 # elements of the article column that scroll sideways or stick out of it (not counting what lies inside a scroller)
 _WIDE = """() => {
@@ -273,6 +274,7 @@ def _check_layout(page, problems):
     page.wait_for_timeout(200)
     for item in page.evaluate(_WIDE):
         problems.append(f"at 1280 px, {item}")
+    page.evaluate(_REFOLD)
     for fig in page.evaluate(_FIGURES):
         fig["src"] = repr(fig["alt"][:50]) if fig["alt"] else fig["src"]
         if fig["shown"] and fig["natural"] / fig["shown"] > 1.3:
@@ -351,6 +353,8 @@ def test_page(page_path, server, browser, screenshots):
             if m:
                 problems.append(f"{what} in the page text: ...{text[max(0, m.start() - 40):m.end() + 40]!r}...")
         page.wait_for_timeout(100)  # let late console messages arrive
+        # measured before the screenshots below, whose temporary resizing makes plotly's figures redraw
+        _check_layout(page, problems)
         stem = page_path.replace("/", "_")[:-5]
         # each interactive figure on its own (after its slider was moved), to check at a glance that it drew; before
         # the full-page shot, whose temporary resize makes plotly's responsive figures redraw
@@ -358,7 +362,6 @@ def test_page(page_path, server, browser, screenshots):
             element.screenshot(path=str(screenshots / f"{stem}.figure{i}.png"))
         page.evaluate("() => { document.activeElement && document.activeElement.blur(); window.scrollTo(0, 0); }")
         page.screenshot(path=str(screenshots / f"{stem}.png"), full_page=True)
-        _check_layout(page, problems)
         _check_phone(page, problems, screenshots / f"{stem}.phone.png")
     finally:
         context.close()
