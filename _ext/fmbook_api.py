@@ -82,15 +82,25 @@ def _link_equation_citations(app, what, name, obj, options, lines):
 
 # --------------------------------------------------------------------------------------------------------------
 # the pages: labelled equations and checking cells
-def _section_of(node):
-    """The innermost section around ``node``: (its title, its id), or None."""
-    parent = node.parent
-    while parent is not None and not isinstance(parent, nodes.section):
-        parent = parent.parent
-    if parent is None or not parent.get("ids"):
-        return None
-    title = parent.next_node(nodes.title)
-    return (title.astext() if title else ""), parent["ids"][0]
+def _sections(doctree) -> dict[int, tuple[list, str]]:
+    """For every node under a section: id(node) -> (the innermost titled section's title, its id).
+
+    Only sections with a title count: sphinx-proof wraps a theorem's body in an untitled section ("proof-content").
+    The title is kept as nodes (a copy), so that math in it is typeset where the index shows it.
+    """
+    found = {}
+
+    def walk(node, current):
+        if (isinstance(node, nodes.section) and node.get("ids") and node.children
+                and isinstance(node[0], nodes.title)):
+            current = ([child.deepcopy() for child in node[0].children], node["ids"][0])
+        if current is not None:
+            found[id(node)] = current
+        for child in getattr(node, "children", ()):
+            walk(child, current)
+
+    walk(doctree, None)
+    return found
 
 
 def _eq_ref(label, docname):
@@ -104,10 +114,15 @@ def _anchor_ref(docname, target_doc, anchor, content, classes=()):
     """A reference to ``anchor`` on page ``target_doc`` (resolved by :func:`_resolve_anchor`)."""
     ref = addnodes.pending_xref("", refdomain="", reftype=ANCHOR, reftarget=f"{target_doc}#{anchor}",
                                 refexplicit=True, refwarn=True, refdoc=docname)
-    ref += content
+    ref += content if isinstance(content, nodes.Node) else nodes.inline("", "", *content)
     if classes:
         ref["classes"] += list(classes)
     return ref
+
+
+def _copy(title_nodes) -> list:
+    """Fresh copies of a section title's nodes (each place that shows it needs its own)."""
+    return [node.deepcopy() for node in title_nodes or []]
 
 
 def _cell_ids(env, docname):
@@ -127,11 +142,12 @@ def _collect_page(app, doctree):
         for para in list(doctree.findall(nodes.paragraph)):
             if para.astext().strip() in ("Bases: object", "Bases:"):
                 para.parent.remove(para)
+    sections = _sections(doctree)
     equations = _store(env, "fmbook_equations")[docname] = []
     for node in doctree.findall(nodes.math_block):
         label = node.get("label")
         if label:
-            section = _section_of(node) or ("", "")
+            section = sections.get(id(node), ([], ""))
             equations.append([label, section[0], section[1]])
 
     checks = _store(env, "fmbook_checks")[docname] = []
@@ -147,7 +163,7 @@ def _collect_page(app, doctree):
         index = node.get("cell_index", 0)
         cell_id = cell_ids[index] if index < len(cell_ids) and cell_ids[index] else f"cell-{index + 1}"
         anchor = nodes.make_id(f"check-{cell_id}")
-        section = _section_of(node) or ("", "")
+        section = sections.get(id(node), ([], ""))
         checks.append([list(labels), anchor, section[0], section[1]])
         # the line above the cell: what it checks, each number linked to its equation, and the index
         note = nodes.paragraph(classes=["fmbook-checks"], ids=[anchor])
@@ -283,7 +299,7 @@ class EquationIndex(SphinxDirective):
                 term = nodes.term()
                 term += _eq_ref(label, here)
                 term += nodes.Text(" in ")
-                term += _anchor_ref(here, doc, sec_id, nodes.Text(sec_title or chapter))
+                term += _anchor_ref(here, doc, sec_id, _copy(sec_title) or nodes.Text(chapter))
                 item += term
                 body = nodes.definition()
                 entries = code.get(label, [])
@@ -300,17 +316,21 @@ class EquationIndex(SphinxDirective):
                     body += para
                 if cells:
                     para = nodes.paragraph(classes=["fmbook-index-checks"])
-                    para += nodes.Text("Checked by: ")
+                    para += nodes.Text("Checked in: ")
                     seen = {}
                     for i, (cell_doc, anchor, title) in enumerate(cells):
                         if i:
                             para += nodes.Text("; ")
-                        where = title or (env.titles[cell_doc].astext() if cell_doc in env.titles else cell_doc)
-                        if cell_doc != doc and cell_doc in env.titles:
-                            where = f"{env.titles[cell_doc].astext()}: {where}"
-                        seen[where] = seen.get(where, 0) + 1
-                        text = "the cell in " + where + ("" if seen[where] == 1 else f" ({seen[where]})")
-                        para += _anchor_ref(here, cell_doc, anchor, nodes.Text(text))
+                        where = _copy(title) or [nodes.Text(env.titles[cell_doc].astext())]
+                        cell_chapter = env.titles[cell_doc].astext() if cell_doc in env.titles else cell_doc
+                        if cell_doc != doc and nodes.inline("", "", *_copy(title)).astext() != cell_chapter:
+                            where.insert(0, nodes.Text(f"{cell_chapter}: "))
+                        key = (cell_doc, nodes.inline("", "", *_copy(where)).astext())
+                        seen[key] = seen.get(key, 0) + 1
+                        if seen[key] > 1:
+                            nth = {2: "second", 3: "third", 4: "fourth"}.get(seen[key], f"{seen[key]}th")
+                            where.append(nodes.Text(f" ({nth} cell)"))
+                        para += _anchor_ref(here, cell_doc, anchor, where)
                     body += para
                 if not entries and not cells:
                     body += nodes.paragraph(text="No code and no checking cell.",
@@ -476,4 +496,4 @@ def setup(app):
     app.connect("env-get-outdated", _always_outdated)
     app.connect("build-finished", _copy_css)
     app.add_css_file(CSS)
-    return {"version": "1.0", "env_version": 1, "parallel_read_safe": True, "parallel_write_safe": True}
+    return {"version": "1.0", "env_version": 2, "parallel_read_safe": True, "parallel_write_safe": True}
