@@ -8,6 +8,8 @@
   ``"fmbook": {"checks": ["eq-...", ...]}``. :func:`_collect_page` gives each such cell an anchor (``check-<cell id>``)
   and a short line above it, "This cell checks (30), (31).", that links to the equations and to their rows of the
   index; it also records every labelled display equation of every page with the section it appears in.
+* **From an equation.** Every labelled equation's number links to its row of the index
+  (:func:`_link_equation_numbers`).
 * **From book to code and checks.** The directive ``fmbook-equation-index`` (page ``book/equation_index.md``) lists
   every labelled equation, chapter by chapter: where it is derived, the API entries whose docstrings cite it and the
   cells that check it, and at the end the equations that nothing implements or checks, with their count. The page is
@@ -475,6 +477,25 @@ class FmlibApi(SphinxDirective):
         return node.children
 
 
+_EQNO = re.compile(r'<span class="eqno">\((\d+)\)(<a class="headerlink" href="#equation-(eq-[\w-]+)")')
+
+
+def _link_equation_numbers(app, pagename, templatename, context, doctree):
+    """An equation's number links to its entry in the index (its code and checks); the "#" beside it stays the
+    permanent link to the equation itself."""
+    body = context.get("body")
+    if not body or INDEX_DOC not in app.env.all_docs or pagename == INDEX_DOC:
+        return
+    index = app.builder.get_relative_uri(pagename, INDEX_DOC)
+
+    def link(m):
+        row = _row_id(m.group(3))
+        return (f'<span class="eqno"><a class="fmbook-eqno reference internal" href="{index}#{row}" '
+                f'title="Its code and checks">({m.group(1)})</a>{m.group(2)}')
+
+    context["body"] = _EQNO.sub(link, body)
+
+
 # --------------------------------------------------------------------------------------------------------------
 def _copy_css(app, exception):
     if exception is None and app.builder.format == "html":
@@ -494,6 +515,7 @@ def setup(app):
     app.connect("env-merge-info", _merge)
     app.connect("env-before-read-docs", _read_index_last)
     app.connect("env-get-outdated", _always_outdated)
+    app.connect("html-page-context", _link_equation_numbers)
     app.connect("build-finished", _copy_css)
     app.add_css_file(CSS)
     return {"version": "1.0", "env_version": 2, "parallel_read_safe": True, "parallel_write_safe": True}

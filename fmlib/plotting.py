@@ -7,7 +7,7 @@
   ``_build/html/_static`` and loads it only on pages that contain a figure), so the static HTML needs no kernel and
   no network. The div id is derived from the figure's content, so re-executing a notebook gives identical output.
 
-Only ``text/html`` is emitted (not plotly's own ``application/vnd.plotly.v1+json`` as well): the static book cannot
+Only ``text/html`` is emitted (not also plotly's own JSON MIME type): the static book cannot
 use the JSON, and storing every figure twice would double the notebooks' size. In a live Jupyter front end without
 the book's plotly.js the figure shows a one-line note instead; the chapters' ipywidgets cells are the live
 equivalent, and ``fig.show()`` works there too. In Google Colab :func:`show_plotly` uses plotly's ``colab`` renderer.
