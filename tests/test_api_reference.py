@@ -194,8 +194,10 @@ def test_api_citations_are_numbered_links_to_the_equations():
         target_page = (SITE / "book" / target).read_text(encoding="utf-8")
         # the link lands on the equation, on the page that defines it, and shows the number that equation has there
         assert f'id="equation-{label}"' in target_page, (target, label)
-        assert re.search(rf'<span class="eqno">\({number}\)<a class="headerlink" href="#equation-{label}"',
-                         target_page), (target, label, number)
+        # (the number itself links to the equation's entry in the index: its code and checks)
+        assert re.search(rf'<span class="eqno"><a class="fmbook-eqno reference internal" '
+                         rf'href="equation_index.html#index-{label}"[^>]*>\({number}\)</a>'
+                         rf'<a class="headerlink" href="#equation-{label}"', target_page), (target, label, number)
         assert LABELS[label].rsplit(".", 1)[0] == target.rsplit(".", 1)[0], (label, LABELS[label], target)
 
 
