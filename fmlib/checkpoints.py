@@ -1,5 +1,5 @@
 """Checkpoints that describe themselves: a trained vector field saved with its constructor arguments, its dtype and
-the conditional path it was trained with, and rebuilt from the file alone.
+the conditional path it was trained with, and rebuilt from the file alone::
 
     fmlib.save_model(model, "moons.pt", path=fmlib.LinearPath(0.01))
     model, path = fmlib.load_model("moons.pt")

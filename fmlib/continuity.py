@@ -196,7 +196,7 @@ def continuity_terms(log_p: LogDensity, v: VectorField, t, x: torch.Tensor, *, c
         create_graph: keep the graph for further differentiation (default False: results are detached).
 
     Returns:
-        ``(dp_dt, div_flux)``, each of shape (n,): :math:`\partial_t p_t(x)` and :math:`\nabla\cdot(p_t v_t)(x)`,
+        the pair ``(dp_dt, div_flux)`` of :math:`\partial_t p_t(x)` and :math:`\nabla\cdot(p_t v_t)(x)`, each of shape (n,),
         in units of density per unit time.
 
     Raises:

@@ -6,7 +6,8 @@
   (the Sphinx extension ``_ext/fmbook_static.py`` copies the plotly.js bundled with the installed plotly package into
   ``_build/html/_static`` and loads it only on pages that contain a figure), so the static HTML needs no kernel and
   no network. The div id is derived from the figure's content, so re-executing a notebook gives identical output.
-Only ``text/html`` is emitted (not plotly's own ``application/vnd.plotly.v1+json`` as well): the static book cannot
+
+Only ``text/html`` is emitted (not also plotly's own JSON MIME type): the static book cannot
 use the JSON, and storing every figure twice would double the notebooks' size. In a live Jupyter front end without
 the book's plotly.js the figure shows a one-line note instead; the chapters' ipywidgets cells are the live
 equivalent, and ``fig.show()`` works there too. In Google Colab :func:`show_plotly` uses plotly's ``colab`` renderer.
@@ -146,7 +147,7 @@ def show_figure(fig, alt: str, *, split: bool | None = None, resolution: float =
     it is shown at (sharp on high-density screens) and shown at its natural size of 100 px per inch, never wider
     than the column; a figure drawn within :data:`COLUMN_INCHES` is never shrunk on a desktop.
 
-    The figure is displayed at once (``IPython.display.display`` of a :class:`BookFigure`: one ``text/html`` output,
+    The figure is displayed at once (``IPython.display.display`` of a ``BookFigure``: one ``text/html`` output,
     which a cell's ``mystnb.figure`` metadata turns into a numbered figure with a caption).
 
     Args:
@@ -543,7 +544,7 @@ def trajectory_animation(trajectory, *, max_frames: int = 16, n_paths: int = 30,
             a numpy array.
         max_frames: at most this many frames (evenly spaced grid times, always including t = 0 and t = 1); >= 2.
         n_paths: draw the paths of the first ``n_paths`` points (0: none); all n points are drawn as dots.
-        lim: the axes show [-lim, lim]^2; default: the largest |coordinate| over the trajectory, plus 5 %.
+        lim: the axes show [-lim, lim]^2; default: the largest ``|coordinate|`` over the trajectory, plus 5 %.
         title: figure title (the current time t is appended).
         figsize, dpi: figure size in inches and resolution (pixels = figsize * dpi).
         interval: milliseconds between frames when playing.

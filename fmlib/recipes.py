@@ -398,10 +398,10 @@ def evaluate_annulus(model, n_points: int = 4000, *, seed: int = 4, rtol: float 
         rtol, atol: tolerances of ``dopri5``.
 
     Returns:
-        a dict of floats: ``nll`` (nats; mean of -log p(x_1)) and ``nll_se`` (its standard error); ``gap`` (the
+        a dict of floats with the keys ``nll`` (nats; mean of -log p(x_1)) and ``nll_se`` (its standard error); ``gap`` (the
         estimate of KL(q || p) = NLL - H(q) as the mean of log q(x_1) - log p(x_1)) and ``gap_se``; ``edge`` and
         ``interior`` (the contributions to ``gap`` of the points within 0.1 of either edge, 20 % of q's mass, and
-        of the others; they add up to ``gap``); ``inside`` (the fraction of model samples with 2 <= |x| <= 3).
+        of the others; they add up to ``gap``); ``inside`` (the fraction of model samples with ``2 <= |x| <= 3``).
 
     Raises:
         ValueError: for a bad n_points or seed, a model without parameters, with ``dim`` other than 2, or in a

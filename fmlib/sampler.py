@@ -245,7 +245,7 @@ def sample(v: VectorField, n: int, dim: int | None = None, n_steps: int | None =
             ``chunk_size``).
 
     Returns:
-        as :func:`solve`: samples of shape (n, dim), and optionally the trajectory.
+        samples of shape (n, dim), and optionally the trajectory, as :func:`solve` returns them.
 
     Raises:
         ValueError: as :func:`solve`, if n or dim is not a positive integer, dim is missing for a v without ``dim``
