@@ -258,8 +258,8 @@ class GaussianPath:
         * ``"velocity"``: :math:`\alpha'_t x_1 + \sigma'_t \varepsilon` (the CFM target, ``eq-cond-target``);
         * ``"score"``: :math:`-\varepsilon / \sigma_t = \nabla_x \log p_t(x \mid x_1)`.
 
-        Their posterior means given :math:`x_t = x` are the four predictions of the same object (Lipman et al.
-        2024, "Flow Matching Guide and Code", Sec. 4.8; Kingma et al. 2021, Appendix).
+        Their posterior means given :math:`x_t = x` are four predictions of the same object (Lipman et al.
+        2024, "Flow Matching Guide and Code", on the equivalent parameterisations of Gaussian paths).
 
         Args:
             kind: one of :data:`PREDICTIONS`.

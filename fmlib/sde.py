@@ -2,8 +2,8 @@ r"""Sampling with a stochastic differential equation that has the same marginals
 matching and diffusion").
 
 If the vector field :math:`u_t` generates the probability path :math:`p_t`, then for every noise scale
-:math:`g_t \ge 0` the SDE (book eq. ``eq-dm-sde``; Song et al. 2021, eq. 6 and Appendix D.1; Lipman et al. 2024,
-"Flow Matching Guide and Code", Sec. 4.10)
+:math:`g_t \ge 0` the SDE (book eq. ``eq-dm-sde``; Song et al. 2021, whose reverse-time SDE and probability flow
+ODE are the cases :math:`g_t^2 = \beta` and :math:`g_t = 0` for the VP path)
 
 .. math:: dX_t = \big[u_t(X_t) + \tfrac{g_t^2}{2} \nabla \log p_t(X_t)\big]\, dt + g_t\, dW_t
 
