@@ -247,14 +247,14 @@ class GaussianPath:
 
     # --- predictions: x_1, epsilon, velocity, score -------------------------------------------------------------
     def prediction_coefficients(self, kind: str, t: torch.Tensor):
-        r"""The coefficients :math:`(a_t, b_t)` with which a prediction is :math:`a_t x_1 + b_t \varepsilon`.
+        r"""The coefficients :math:`(a_t, c_t)` with which a prediction is :math:`a_t x_1 + c_t \varepsilon`.
 
         Book eq. ``eq-dm-predictions``: on the path :math:`x = \alpha_t x_1 + \sigma_t \varepsilon`
         (:math:`\varepsilon = x_0`), the four targets a network may regress on are linear in the pair
         :math:`(x_1, \varepsilon)`:
 
-        * ``"x_1"``: :math:`x_1` (a = 1, b = 0);
-        * ``"epsilon"``: :math:`\varepsilon` (a = 0, b = 1);
+        * ``"x_1"``: :math:`x_1` (a = 1, c = 0);
+        * ``"epsilon"``: :math:`\varepsilon` (a = 0, c = 1);
         * ``"velocity"``: :math:`\alpha'_t x_1 + \sigma'_t \varepsilon` (the CFM target, ``eq-cond-target``);
         * ``"score"``: :math:`-\varepsilon / \sigma_t = \nabla_x \log p_t(x \mid x_1)`.
 
@@ -266,7 +266,7 @@ class GaussianPath:
             t: times, shape (n, 1) (no checks: see :meth:`convert`).
 
         Returns:
-            ``(a, b)``, each of shape (n, 1).
+            ``(a, c)``, each of shape (n, 1).
         """
         if kind == "x_1":
             return torch.ones_like(t), torch.zeros_like(t)
@@ -293,10 +293,10 @@ class GaussianPath:
     def convert(self, t, x: torch.Tensor, value: torch.Tensor, source: str, target: str) -> torch.Tensor:
         r"""Turn one prediction at :math:`(t, x)` into another: x_1, epsilon, velocity or score.
 
-        Each prediction is :math:`a_t x_1 + b_t \varepsilon` (:meth:`prediction_coefficients`), and the point
+        Each prediction is :math:`a_t x_1 + c_t \varepsilon` (:meth:`prediction_coefficients`), and the point
         itself is :math:`x = \alpha_t x_1 + \sigma_t \varepsilon`. Given the ``source`` prediction, these two
         equations are a 2x2 linear system for :math:`(x_1, \varepsilon)` with determinant
-        :math:`a_t \sigma_t - b_t \alpha_t` (book eq. ``eq-dm-convert``); its solution gives any other prediction.
+        :math:`a_t \sigma_t - c_t \alpha_t` (book eq. ``eq-dm-convert``); its solution gives any other prediction.
         Applied to posterior means it maps :math:`\mathbb E[x_1 \mid x_t = x]` to the marginal field
         :math:`u_t(x)` and to the marginal score :math:`\nabla \log p_t(x)` (book eq. ``eq-dm-score``;
         for the score, Tweedie's formula, Efron 2011). The map is affine in ``value`` and exact.
