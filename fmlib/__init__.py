@@ -8,6 +8,7 @@ Modules (each equation's code is one hop from here):
 * :mod:`fmlib.networks` -- the time-conditioned MLP vector field v_theta(t, x).
 * :mod:`fmlib.sampler` -- :func:`solve` for the flow ODE (Euler, midpoint and RK4 written out; torchdiffeq's adaptive
   solvers) and :func:`sample`; :class:`EvaluationCounter` counts the evaluations of a field.
+* :mod:`fmlib.sde` -- :func:`euler_maruyama` and :func:`sde_drift`: sampling with an SDE that has the flow's marginals.
 * :mod:`fmlib.ode` -- :func:`log_likelihood` by the instantaneous change of variables.
 * :mod:`fmlib.training` -- the CFM loss and a tensor-wise training loop.
 * :mod:`fmlib.recipes` -- the annulus training setups of the book (the seed's and the book's best).
@@ -28,20 +29,22 @@ from .data import (TOY_DATASETS, annulus_entropy, annulus_log_prob, get_dataset,
 from .marginal import EmpiricalMarginal
 from .networks import MLPVectorField
 from .ode import log_likelihood
-from .paths import GaussianPath, LinearPath, PathSample, VPDiffusionPath
+from .paths import PREDICTIONS, GaussianPath, LinearPath, PathSample, VPDiffusionPath
 from .recipes import BEST_ANNULUS_CONFIG, SEED_ANNULUS_CONFIG, train_annulus, train_annulus_many
 from .sampler import STAGES, EvaluationCounter, sample, solve
+from .sde import euler_maruyama, sde_drift
 from .training import cfm_loss, draw_times, quasi_random_batch, train_cfm
 from .utils import default_device, seed_everything
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "GaussianPath", "LinearPath", "VPDiffusionPath", "PathSample",
+    "GaussianPath", "LinearPath", "VPDiffusionPath", "PathSample", "PREDICTIONS",
     "EmpiricalMarginal",
     "continuity_residual", "continuity_terms", "divergence",
     "MLPVectorField",
     "solve", "sample", "STAGES", "EvaluationCounter",
+    "euler_maruyama", "sde_drift",
     "log_likelihood",
     "cfm_loss", "draw_times", "quasi_random_batch", "train_cfm",
     "SEED_ANNULUS_CONFIG", "BEST_ANNULUS_CONFIG", "train_annulus", "train_annulus_many",

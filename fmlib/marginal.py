@@ -234,3 +234,20 @@ class EmpiricalMarginal:
         return ratio * x + (self.path.d_alpha(t) - ratio * alpha) * mean
 
     __call__ = vector_field
+
+    def score(self, t, x: torch.Tensor) -> torch.Tensor:
+        r"""Marginal score :math:`\nabla_x \log p_t(x) = (\alpha_t m_t(x) - x) / \sigma_t^2`, in closed form.
+
+        Book eq. ``eq-dm-score`` (Tweedie's formula; Efron 2011): the gradient of the mixture's log-density is the
+        posterior average of the conditional scores :math:`(\alpha_t x_1^{(i)} - x) / \sigma_t^2`, with the
+        posterior mean :math:`m_t(x)` of :meth:`posterior_mean`. It equals the autograd gradient of
+        :meth:`log_prob` up to rounding. At a typical point of the path, :math:`x = \alpha_t x_1 + \sigma_t x_0`, it is
+        about :math:`-x_0 / \sigma_t`: it grows like :math:`1/\sigma_t` as :math:`\sigma_t \to 0`.
+
+        Args, Raises: as :meth:`log_prob`.
+
+        Returns:
+            shape (m, d), in the promoted dtype of x and data.
+        """
+        x, t, alpha, sigma, _, mean = self._chunked(t, x, with_mean=True)
+        return (alpha * mean - x) / sigma ** 2

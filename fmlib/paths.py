@@ -27,9 +27,13 @@ from dataclasses import dataclass
 
 import torch
 
-from ._checks import as_time, check_points, check_sigma_min, check_finite
+from ._checks import as_time, check_choice, check_finite, check_points, check_sigma_min
 
-__all__ = ["PathSample", "GaussianPath", "LinearPath", "VPDiffusionPath"]
+__all__ = ["PathSample", "GaussianPath", "LinearPath", "VPDiffusionPath", "PREDICTIONS"]
+
+#: what a network may predict at (t, x): the data point, the noise, the velocity or the score (book chapter
+#: "Flow matching and diffusion", eq. ``eq-dm-predictions``)
+PREDICTIONS = ("x_1", "epsilon", "velocity", "score")
 
 
 @dataclass
@@ -240,6 +244,100 @@ class GaussianPath:
 
     #: drawn times are t ~ U[0, t_max); paths whose target is singular at t = 1 use t_max < 1
     t_max: float = 1.0
+
+    # --- predictions: x_1, epsilon, velocity, score -------------------------------------------------------------
+    def prediction_coefficients(self, kind: str, t: torch.Tensor):
+        r"""The coefficients :math:`(a_t, c_t)` with which a prediction is :math:`a_t x_1 + c_t \varepsilon`.
+
+        Book eq. ``eq-dm-predictions``: on the path :math:`x = \alpha_t x_1 + \sigma_t \varepsilon`
+        (:math:`\varepsilon = x_0`), the four targets a network may regress on are linear in the pair
+        :math:`(x_1, \varepsilon)`:
+
+        * ``"x_1"``: :math:`x_1` (a = 1, c = 0);
+        * ``"epsilon"``: :math:`\varepsilon` (a = 0, c = 1);
+        * ``"velocity"``: :math:`\alpha'_t x_1 + \sigma'_t \varepsilon` (the CFM target, ``eq-cond-target``);
+        * ``"score"``: :math:`-\varepsilon / \sigma_t = \nabla_x \log p_t(x \mid x_1)`.
+
+        Their posterior means given :math:`x_t = x` are four predictions of the same object (Lipman et al.
+        2024, "Flow Matching Guide and Code", on the equivalent parameterisations of Gaussian paths).
+
+        Args:
+            kind: one of :data:`PREDICTIONS`.
+            t: times, shape (n, 1) (no checks: see :meth:`convert`).
+
+        Returns:
+            ``(a, c)``, each of shape (n, 1).
+        """
+        if kind == "x_1":
+            return torch.ones_like(t), torch.zeros_like(t)
+        if kind == "epsilon":
+            return torch.zeros_like(t), torch.ones_like(t)
+        if kind == "velocity":
+            return self.d_alpha(t), self.d_sigma(t)
+        if kind == "score":
+            return torch.zeros_like(t), -1 / self.sigma(t)
+        raise ValueError(f"kind must be one of {list(PREDICTIONS)}, got {kind!r}")
+
+    def _convert(self, t: torch.Tensor, x: torch.Tensor, value: torch.Tensor, source: str, target: str):
+        """:meth:`convert` without input checks (t of shape (n, 1)), for solver loops."""
+        if source == target:
+            return value
+        alpha, sigma = self.alpha(t), self.sigma(t)
+        a, b = self.prediction_coefficients(source, t)
+        det = a * sigma - b * alpha  # of [[a, b], [alpha, sigma]]
+        x_1 = (sigma * value - b * x) / det
+        eps = (a * x - alpha * value) / det
+        a2, b2 = self.prediction_coefficients(target, t)
+        return a2 * x_1 + b2 * eps
+
+    def convert(self, t, x: torch.Tensor, value: torch.Tensor, source: str, target: str) -> torch.Tensor:
+        r"""Turn one prediction at :math:`(t, x)` into another: x_1, epsilon, velocity or score.
+
+        Each prediction is :math:`a_t x_1 + c_t \varepsilon` (:meth:`prediction_coefficients`), and the point
+        itself is :math:`x = \alpha_t x_1 + \sigma_t \varepsilon`. Given the ``source`` prediction, these two
+        equations are a 2x2 linear system for :math:`(x_1, \varepsilon)` with determinant
+        :math:`a_t \sigma_t - c_t \alpha_t` (book eq. ``eq-dm-convert``); its solution gives any other prediction.
+        Applied to posterior means it maps :math:`\mathbb E[x_1 \mid x_t = x]` to the marginal field
+        :math:`u_t(x)` and to the marginal score :math:`\nabla \log p_t(x)` (book eq. ``eq-dm-score``;
+        for the score, Tweedie's formula, Efron 2011). The map is affine in ``value`` and exact.
+
+        The system is singular (ValueError) where the determinant vanishes: from ``"x_1"`` where
+        :math:`\sigma_t = 0`, from ``"epsilon"`` or ``"score"`` where :math:`\alpha_t = 0` (e.g. t = 0 on
+        :class:`LinearPath`: the point is pure noise and says nothing about x_1), from ``"velocity"`` where
+        :math:`\alpha'_t \sigma_t = \sigma'_t \alpha_t`; and ``"score"`` needs :math:`\sigma_t > 0` on either side.
+
+        Args:
+            t: times in [0, 1]: float, 0-d tensor, shape (n,) or (n, 1).
+            x: points x_t, shape (n, d).
+            value: the source prediction at (t, x), shape (n, d).
+            source, target: each one of :data:`PREDICTIONS` (``"x_1"``, ``"epsilon"``, ``"velocity"``,
+                ``"score"``).
+
+        Returns:
+            the target prediction, shape (n, d).
+
+        Raises:
+            ValueError: bad shapes, non-finite input, t outside [0, 1], an unknown kind, or a conversion that is
+                singular at some t (the message names the smallest such t).
+        """
+        x, value = check_points("x", x), check_points("value", value)
+        if value.shape != x.shape:
+            raise ValueError(f"value must have the shape of x {tuple(x.shape)}, got {tuple(value.shape)}")
+        check_choice("source", source, PREDICTIONS)
+        check_choice("target", target, PREDICTIONS)
+        t = as_time(t, x)
+        sigma, alpha = self.sigma(t), self.alpha(t)
+        a, b = self.prediction_coefficients(source, t) if source != "score" else (0 * t, 0 * t - 1)
+        det = a * sigma - b * alpha  # the score's det, alpha / sigma, is zero with alpha
+        bad = (det == 0) | (((sigma <= 0) & ((source == "score") | (target == "score"))))
+        if source != target and bool(bad.any()):
+            t_bad = float(t[bad.squeeze(1)].min())
+            raise ValueError(f"cannot convert a {source!r} prediction into a {target!r} one at t = {t_bad:.4g} "
+                             f"for {self!r}: alpha_t = {float(alpha[bad].min()):.4g}, sigma_t = "
+                             f"{float(sigma[bad].min()):.4g} (the linear system for (x_1, epsilon) is singular)")
+        out = self._convert(t, x, value, source, target)
+        check_finite(f"the {target} prediction", out)
+        return out
 
     def _sample(self, x_1, t=None, x_0=None, generator=None) -> PathSample:
         """:meth:`sample` without input checks, for the training loop (x_1 already checked, t drawn in [0, t_max))."""
