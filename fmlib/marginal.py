@@ -1,22 +1,24 @@
 r"""Exact marginal probability path and vector field of a Gaussian path over an empirical data set (book chapter
 "From conditional to marginal").
 
-For data points :math:`x_1^{(1)}, \dots, x_1^{(n)}` (the empirical distribution :math:`q = \tfrac1n \sum_i
-\delta_{x_1^{(i)}}`) and a Gaussian conditional path :math:`p_t(x \mid x_1) = \mathcal N(x; \alpha_t x_1, \sigma_t^2 I)`
+For data points :math:`y_1, \dots, y_n` (the empirical distribution :math:`q = \tfrac1n \sum_i \delta_{y_i}`)
+and a Gaussian conditional path :math:`p_t(x \mid x_1) = \mathcal N(x; \alpha_t x_1, \sigma_t^2 I)`
 (:class:`fmlib.paths.GaussianPath`), the marginal path (book eq. ``eq-marginal-path``; Lipman et al. 2023, eq. 6)
 is the Gaussian mixture
 
-.. math:: p_t(x) = \frac1n \sum_{i=1}^n p_t(x \mid x_1^{(i)}),
+.. math:: p_t(x) = \frac1n \sum_{i=1}^n p_t(x \mid y_i),
 
 and the marginal vector field (book eq. ``eq-marginal-vf``; paper eq. 8) is the posterior average of the
 conditional fields,
 
-.. math:: u_t(x) = \sum_{i=1}^n w_i(t, x)\, u_t(x \mid x_1^{(i)}), \qquad
-          w_i(t, x) = \frac{p_t(x \mid x_1^{(i)})}{\sum_j p_t(x \mid x_1^{(j)})}
-          = P(x_1 = x_1^{(i)} \mid x_t = x).
+.. math:: u_t(x) = \sum_{i=1}^n w_t(x, y_i)\, u_t(x \mid y_i),
+
+with the posterior weights
+
+.. math:: w_t(x, y_i) = \frac{p_t(x \mid y_i)}{\sum_j p_t(x \mid y_j)} = P(x_1 = y_i \mid x_t = x).
 
 Because :math:`u_t(x \mid x_1) = \tfrac{\sigma'_t}{\sigma_t} (x - \alpha_t x_1) + \alpha'_t x_1` is affine in
-:math:`x_1`, the field only needs the posterior mean :math:`m_t(x) = \sum_i w_i x_1^{(i)}`:
+:math:`x_1`, the field only needs the posterior mean :math:`m_t(x) = \sum_i w_t(x, y_i)\, y_i`:
 
 .. math:: u_t(x) = \tfrac{\sigma'_t}{\sigma_t}\, x + \big(\alpha'_t - \tfrac{\sigma'_t}{\sigma_t}\alpha_t\big)\, m_t(x).
 
@@ -57,7 +59,7 @@ class EmpiricalMarginal:
 
     Args:
         path: a :class:`fmlib.paths.GaussianPath`, e.g. ``LinearPath(sigma_min)`` or ``VPDiffusionPath()``.
-        data: the data points :math:`x_1^{(i)}`, shape (n, d), finite floating point.
+        data: the data points :math:`y_i`, shape (n, d), finite floating point.
         chunk_size: number of data points and of query points processed at once, a positive int. Memory grows as
             ``chunk_size**2``; the results do not depend on it (up to rounding).
 
@@ -161,7 +163,7 @@ class EmpiricalMarginal:
 
     # --- public API -------------------------------------------------------------------------------------------
     def log_prob(self, t, x: torch.Tensor) -> torch.Tensor:
-        r"""Log-density of the marginal path, :math:`\log p_t(x) = \log \tfrac1n \sum_i p_t(x \mid x_1^{(i)})`.
+        r"""Log-density of the marginal path, :math:`\log p_t(x) = \log \tfrac1n \sum_i p_t(x \mid y_i)`.
 
         Book eq. ``eq-marginal-path``; Lipman et al. (2023), eq. 6 (a Gaussian mixture for empirical data).
 
@@ -181,7 +183,7 @@ class EmpiricalMarginal:
         return lse - 0.5 * d * torch.log(2 * math.pi * sigma.squeeze(1) ** 2) - math.log(self.n)
 
     def posterior_mean(self, t, x: torch.Tensor) -> torch.Tensor:
-        r"""Posterior mean :math:`m_t(x) = \mathbb E[x_1 \mid x_t = x] = \sum_i w_i(t, x)\, x_1^{(i)}`.
+        r"""Posterior mean :math:`m_t(x) = \mathbb E[x_1 \mid x_t = x] = \sum_i w_t(x, y_i)\, y_i`.
 
         Args, Raises: as :meth:`log_prob`.
 
@@ -191,7 +193,7 @@ class EmpiricalMarginal:
         return self._chunked(t, x, with_mean=True)[5]
 
     def posterior_weights(self, t, x: torch.Tensor) -> torch.Tensor:
-        r"""Posterior weights :math:`w_i(t, x) = P(x_1 = x_1^{(i)} \mid x_t = x)` by Bayes' rule (a softmax of the
+        r"""Posterior weights :math:`w_t(x, y_i) = P(x_1 = y_i \mid x_t = x)` by Bayes' rule (a softmax of the
         conditional log-densities; book eq. ``eq-marginal-vf``).
 
         The result is the full (m, n) matrix, so its memory is m * n numbers; :meth:`vector_field` and
@@ -212,7 +214,7 @@ class EmpiricalMarginal:
         return torch.cat(rows) if rows else x.new_zeros(0, self.n)
 
     def vector_field(self, t, x: torch.Tensor) -> torch.Tensor:
-        r"""Marginal vector field :math:`u_t(x) = \sum_i w_i(t, x)\, u_t(x \mid x_1^{(i)})`.
+        r"""Marginal vector field :math:`u_t(x) = \sum_i w_t(x, y_i)\, u_t(x \mid y_i)`.
 
         Book eq. ``eq-marginal-vf``; Lipman et al. (2023), eq. 8. Computed as
         :math:`\tfrac{\sigma'_t}{\sigma_t} x + (\alpha'_t - \tfrac{\sigma'_t}{\sigma_t}\alpha_t)\, m_t(x)` with the
@@ -239,7 +241,7 @@ class EmpiricalMarginal:
         r"""Marginal score :math:`\nabla_x \log p_t(x) = (\alpha_t m_t(x) - x) / \sigma_t^2`, in closed form.
 
         Book eq. ``eq-dm-score`` (Tweedie's formula; Efron 2011): the gradient of the mixture's log-density is the
-        posterior average of the conditional scores :math:`(\alpha_t x_1^{(i)} - x) / \sigma_t^2`, with the
+        posterior average of the conditional scores :math:`(\alpha_t y_i - x) / \sigma_t^2`, with the
         posterior mean :math:`m_t(x)` of :meth:`posterior_mean`. It equals the autograd gradient of
         :meth:`log_prob` up to rounding. At a typical point of the path, :math:`x = \alpha_t x_1 + \sigma_t x_0`, it is
         about :math:`-x_0 / \sigma_t`: it grows like :math:`1/\sigma_t` as :math:`\sigma_t \to 0`.
