@@ -12,7 +12,8 @@ Modules (each equation's code is one hop from here):
 * :mod:`fmlib.ode` -- :func:`log_likelihood` by the instantaneous change of variables.
 * :mod:`fmlib.training` -- the CFM loss and a tensor-wise training loop.
 * :mod:`fmlib.recipes` -- the annulus training setups of the book (the seed's and the book's best).
-* :mod:`fmlib.data` -- 2-D toy data sets (the annulus, two moons, eight Gaussians, a checkerboard).
+* :mod:`fmlib.data` -- 2-D toy data sets (the annulus, two moons, eight Gaussians, a checkerboard), and scikit-learn's
+  8 x 8 handwritten digits with their dequantisation and bits per dimension.
 * :mod:`fmlib.checkpoints` -- :func:`save_model` and :func:`load_model`: a model file that describes itself.
 * :mod:`fmlib.plotting` -- figures that work in the static book and in live notebooks (show_plotly,
   density_path_figure, density_surface_figure, show_animation, trajectory_animation, live_controls; needs plotly,
@@ -26,6 +27,8 @@ from .checkpoints import LoadedModel, load_model, save_model
 from .continuity import continuity_residual, continuity_terms, divergence
 from .data import (TOY_DATASETS, annulus_entropy, annulus_log_prob, get_dataset, sample_annulus, sample_checkerboard,
                    sample_eight_gaussians, sample_moons)
+from .data import (DigitsSplit, dequantize_digits, digits_bits_per_dim, digits_log_det, digits_to_pixels,
+                   load_digits_split)
 from .marginal import EmpiricalMarginal
 from .networks import MLPVectorField
 from .ode import log_likelihood
@@ -50,6 +53,8 @@ __all__ = [
     "SEED_ANNULUS_CONFIG", "BEST_ANNULUS_CONFIG", "train_annulus", "train_annulus_many",
     "sample_annulus", "annulus_log_prob", "annulus_entropy", "sample_moons", "sample_eight_gaussians",
     "sample_checkerboard", "TOY_DATASETS", "get_dataset",
+    "load_digits_split", "DigitsSplit", "dequantize_digits", "digits_to_pixels", "digits_log_det",
+    "digits_bits_per_dim",
     "save_model", "load_model", "LoadedModel",
     "seed_everything", "default_device",
 ]

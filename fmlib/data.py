@@ -4,20 +4,28 @@ the usual test beds of the flow literature (two moons, eight Gaussians, a checke
 Each sampler is called as ``sampler(n, generator=None, device=None, dtype=torch.float32)`` and returns a tensor of
 shape (n, 2), drawn with ``generator`` (seeded results) and made on ``device``. New toy sets join by adding a
 function of that form to :data:`TOY_DATASETS`.
+
+One real data set joins them (book chapter "Real data: handwritten digits"): scikit-learn's 8 x 8 handwritten
+digits, with a fixed train/test split (:func:`load_digits_split`), uniform dequantisation and per-pixel scaling
+(:func:`dequantize_digits`), the map back to grey levels (:func:`digits_to_pixels`) and the conversion of a density
+of the scaled continuous data into bits per dimension of the discrete pixels (:func:`digits_bits_per_dim`).
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+from typing import NamedTuple
 
+import numpy as np
 import torch
 
-from ._checks import (check_choice, check_device, check_float_dtype, check_generator, check_points,
-                      check_positive_int)
+from ._checks import (check_choice, check_device, check_finite, check_float_dtype, check_generator, check_int_in,
+                      check_points, check_positive_int, check_seed)
 
 __all__ = ["sample_annulus", "annulus_log_prob", "annulus_entropy", "sample_moons", "sample_eight_gaussians",
-           "sample_checkerboard", "TOY_DATASETS", "get_dataset"]
+           "sample_checkerboard", "TOY_DATASETS", "get_dataset", "DIGITS_LEVELS", "DigitsSplit", "load_digits_split",
+           "dequantize_digits", "digits_to_pixels", "digits_log_det", "digits_bits_per_dim"]
 
 
 def _check_radii(r_inner, r_outer):
@@ -221,3 +229,203 @@ def get_dataset(name: str):
         ValueError: for an unknown name.
     """
     return TOY_DATASETS[check_choice("name", name, TOY_DATASETS)]
+
+
+# --- real data: scikit-learn's handwritten digits ---------------------------------------------------------------
+
+DIGITS_LEVELS = 17  # grey levels of a pixel of load_digits: the integers 0, 1, ..., 16
+
+
+class DigitsSplit(NamedTuple):
+    r"""The digits of :func:`load_digits_split`: integer pixels, labels, and the per-pixel scaling.
+
+    Attributes:
+        train_pixels: training images, shape (n_train, 64), int64 grey levels k in {0, ..., 16} (row-major 8 x 8).
+        train_labels: their digits, shape (n_train,), int64 in {0, ..., 9}.
+        test_pixels: held-out images, shape (n_test, 64), as train_pixels.
+        test_labels: their digits, shape (n_test,).
+        mean: :math:`m_i`, the mean of the dequantised pixel :math:`(k_i + u_i)/17` over the training images,
+            shape (64,), float64.
+        scale: :math:`s_i`, its standard deviation (of the integer part's spread and the noise's together),
+            shape (64,), float64, all > 0.
+    """
+
+    train_pixels: torch.Tensor
+    train_labels: torch.Tensor
+    test_pixels: torch.Tensor
+    test_labels: torch.Tensor
+    mean: torch.Tensor
+    scale: torch.Tensor
+
+
+def load_digits_split(n_test: int = 300, seed: int = 0) -> DigitsSplit:
+    r"""scikit-learn's handwritten digits (1,797 images of 8 x 8 pixels, 17 grey levels; no download: the data ship
+    with scikit-learn) with a fixed train/test split and the per-pixel scaling of the training images.
+
+    The split is ``numpy.random.default_rng(seed).permutation(1797)``: its first ``n_test`` indices are the test
+    images, the rest the training images (disjoint, together all of them). The scaling is that of the dequantised
+    pixel :math:`y_i = (k_i + u_i)/17` with :math:`u_i \sim U[0, 1)` independent of :math:`k_i`, computed exactly
+    from the training images' integer levels (no noise is drawn):
+
+    .. math:: m_i = \frac{\bar k_i + 1/2}{17}, \qquad
+              s_i = \frac{1}{17}\sqrt{\operatorname{Var}(k_i) + \tfrac{1}{12}},
+
+    with :math:`\bar k_i` and :math:`\operatorname{Var}(k_i)` the mean and the (population) variance of pixel i over
+    the training images, and 1/12 the variance of U[0, 1); so :math:`s_i > 0` even for a pixel that is 0 in every
+    image.
+
+    Args:
+        n_test: number of held-out images, an int in [1, 1796].
+        seed: seed of the permutation, an int in [0, 2**32 - 1].
+
+    Returns:
+        a :class:`DigitsSplit` of CPU tensors.
+
+    Raises:
+        ValueError: for an n_test or seed outside those ranges.
+    """
+    from sklearn.datasets import load_digits  # ships with scikit-learn, imported only when used
+
+    n_test = check_int_in("n_test", n_test, 1, 1796)
+    seed = check_seed("seed", seed)
+    digits = load_digits()
+    pixels = torch.as_tensor(digits.data.astype(np.int64))  # (1797, 64), values 0..16 (stored as floats)
+    labels = torch.as_tensor(digits.target.astype(np.int64))
+    order = torch.as_tensor(np.random.default_rng(seed).permutation(len(pixels)))
+    test, train = order[:n_test], order[n_test:]
+    k = pixels[train].double()
+    mean = (k.mean(dim=0) + 0.5) / DIGITS_LEVELS
+    scale = torch.sqrt(k.var(dim=0, unbiased=False) + 1 / 12) / DIGITS_LEVELS
+    return DigitsSplit(pixels[train], labels[train], pixels[test], labels[test], mean, scale)
+
+
+def _check_pixels(pixels):
+    if (not isinstance(pixels, torch.Tensor) or pixels.ndim != 2 or pixels.is_floating_point()
+            or pixels.is_complex() or pixels.dtype == torch.bool):
+        got = f"shape {tuple(pixels.shape)}, dtype {pixels.dtype}" if isinstance(pixels, torch.Tensor) \
+            else type(pixels).__name__
+        raise ValueError(f"pixels must be an integer tensor of shape (n, d) of grey levels, got {got}")
+    if pixels.numel() and not bool(((pixels >= 0) & (pixels < DIGITS_LEVELS)).all()):
+        raise ValueError(f"pixels must hold grey levels in {{0, ..., {DIGITS_LEVELS - 1}}}, got values in "
+                         f"[{int(pixels.min())}, {int(pixels.max())}]")
+
+
+def _check_scaling(mean, scale, d):
+    for name, value in (("mean", mean), ("scale", scale)):
+        if not isinstance(value, torch.Tensor) or value.shape != (d,) or not value.is_floating_point():
+            got = f"shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
+            raise ValueError(f"{name} must be a floating-point tensor of shape ({d},), got {got}")
+        check_finite(name, value)
+    if not bool((scale > 0).all()):
+        raise ValueError("scale must be > 0 in every pixel")
+
+
+def dequantize_digits(pixels: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor,
+                      generator: torch.Generator | None = None, *, device=None,
+                      dtype=torch.float32) -> torch.Tensor:
+    r"""Dequantise and scale integer pixels (book eq. ``eq-dg-dequantise``):
+
+    .. math:: x_i = \frac{(k_i + u_i)/17 - m_i}{s_i}, \qquad u_i \sim U[0, 1) \text{ independent},
+
+    so that each pixel's value lies in its own bin :math:`[(k_i/17 - m_i)/s_i, ((k_i + 1)/17 - m_i)/s_i)` and the
+    bins of the 17 levels tile an interval without overlap.
+
+    Args:
+        pixels: grey levels k, an integer tensor of shape (n, d) with values in {0, ..., 16}.
+        mean, scale: :math:`m` and :math:`s` of :func:`load_digits_split`, float tensors of shape (d,), scale > 0.
+        generator: optional ``torch.Generator`` for the noise u (on ``device``).
+        device, dtype: where and in which precision x is made (default: the generator's device, else the CPU;
+            float32). The arithmetic is done in float64 and rounded once.
+
+    Returns:
+        x, shape (n, d). ``pixels`` is not changed.
+
+    Raises:
+        ValueError: for pixels that are not integer levels in {0, ..., 16} of shape (n, d), a mean or scale of
+            another shape, not finite or with a scale <= 0, or a bad generator, device or dtype.
+    """
+    _check_pixels(pixels)
+    _check_scaling(mean, scale, pixels.shape[1])
+    n = pixels.shape[0]
+    check_generator("generator", generator)
+    device = generator.device if device is None and generator is not None else device
+    device = torch.device("cpu") if device is None else check_device("device", device)
+    if generator is not None and generator.device.type != device.type:
+        raise ValueError(f"generator is on {generator.device} but device is {device}")
+    dtype = check_float_dtype("dtype", dtype)
+    u = torch.rand(n, pixels.shape[1], generator=generator, device=device, dtype=torch.float64)
+    y = (pixels.to(device=device, dtype=torch.float64) + u) / DIGITS_LEVELS
+    return ((y - mean.to(device, torch.float64)) / scale.to(device, torch.float64)).to(dtype)
+
+
+def digits_to_pixels(x: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    r"""Map scaled values back to continuous grey levels, the inverse of the scaling of :func:`dequantize_digits`:
+    :math:`17\,(s_i x_i + m_i)`, in [k, k + 1) for a pixel dequantised from level k (model samples may fall outside
+    [0, 17); ``floor`` and ``clamp(0, 16)`` of the result give integer levels).
+
+    Args:
+        x: scaled values, a float tensor of shape (n, d).
+        mean, scale: as in :func:`dequantize_digits`, shape (d,).
+
+    Returns:
+        grey levels, shape (n, d), in x's dtype and on its device.
+
+    Raises:
+        ValueError: for an x that is not a finite (n, d) float tensor, or a bad mean or scale.
+    """
+    x = check_points("x", x)
+    _check_scaling(mean, scale, x.shape[1])
+    return DIGITS_LEVELS * (x * scale.to(x) + mean.to(x))
+
+
+def digits_log_det(scale: torch.Tensor) -> float:
+    r"""The log-determinant :math:`\sum_i \log(17 s_i)` of the map from :math:`k + u` (grey level plus noise, in
+    [0, 17)^d) to x of :func:`dequantize_digits`, whose Jacobian is :math:`\operatorname{diag}(1/(17 s_i))`.
+
+    Args:
+        scale: :math:`s`, a float tensor of shape (d,), all > 0.
+
+    Returns:
+        the sum in nats, a float.
+
+    Raises:
+        ValueError: for a scale that is not a finite 1-D float tensor of positive values.
+    """
+    if not isinstance(scale, torch.Tensor) or scale.ndim != 1 or not scale.is_floating_point():
+        got = f"shape {tuple(scale.shape)}" if isinstance(scale, torch.Tensor) else type(scale).__name__
+        raise ValueError(f"scale must be a 1-D floating-point tensor, got {got}")
+    _check_scaling(torch.zeros_like(scale), scale, scale.shape[0])
+    return float(torch.log(DIGITS_LEVELS * scale.double()).sum())
+
+
+def digits_bits_per_dim(log_p: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    r"""Bits per dimension of discrete pixels from log-densities of their dequantised, scaled values (book eq.
+    ``eq-dg-bits``; Theis et al. 2016, Dinh et al. 2017):
+
+    .. math:: \text{bits/dim} = \frac{-\log p(x) + \sum_{i=1}^d \log(17 s_i)}{d \log 2} .
+
+    With x from :func:`dequantize_digits` of an image k, :math:`p(x)/\prod_i 17 s_i` is the density of
+    :math:`k + u` on [0, 17)^d, whose integral over the unit cube :math:`k + [0, 1)^d` is the probability of the
+    image; by Jensen's inequality its mean log over u is at most the log-probability, so the mean of this value
+    over the noise bounds the discrete model's bits per dimension from above. A density uniform on the whole
+    box :math:`[0, 17)^d` gives :math:`\log_2 17 \approx 4.087` bits per dimension.
+
+    Args:
+        log_p: log-densities :math:`\log p(x)` in nats of points of dimension d, a float tensor of any shape.
+        scale: :math:`s` of :func:`load_digits_split`, shape (d,), all > 0.
+
+    Returns:
+        bits per dimension, the shape of log_p, float64.
+
+    Raises:
+        ValueError: for a log_p that is not a float tensor without NaN (a -inf log-density gives +inf bits), or a
+            bad scale.
+    """
+    if not isinstance(log_p, torch.Tensor) or not log_p.is_floating_point():
+        got = f"dtype {log_p.dtype}" if isinstance(log_p, torch.Tensor) else type(log_p).__name__
+        raise ValueError(f"log_p must be a floating-point tensor of log-densities, got {got}")
+    if bool(torch.isnan(log_p).any()):
+        raise ValueError("log_p must not hold NaN")
+    log_det = digits_log_det(scale)
+    d = scale.shape[0]
+    return (-log_p.double() + log_det) / (d * math.log(2))
