@@ -240,13 +240,14 @@ class DigitsSplit(NamedTuple):
     r"""The digits of :func:`load_digits_split`: integer pixels, labels, and the per-pixel scaling.
 
     Attributes:
-        train_pixels: training images, shape (n_train, 64), int64 grey levels k in {0, ..., 16} (row-major 8 x 8).
+        train_pixels: training images, shape (n_train, 64), int64 grey levels nu in {0, ..., 16} (row-major 8 x 8).
         train_labels: their digits, shape (n_train,), int64 in {0, ..., 9}.
         test_pixels: held-out images, shape (n_test, 64), as train_pixels.
         test_labels: their digits, shape (n_test,).
-        mean: :math:`m_i`, the mean of the dequantised pixel :math:`(k_i + u_i)/17` over the training images,
+        mean: :math:`c^{(i)}`, the mean of the dequantised pixel :math:`(\nu^{(i)} + \xi^{(i)})/17` over the
+            training images,
             shape (64,), float64.
-        scale: :math:`s_i`, its standard deviation (of the integer part's spread and the noise's together),
+        scale: :math:`s^{(i)}`, its standard deviation (of the integer part's spread and the noise's together),
             shape (64,), float64, all > 0.
     """
 
@@ -264,14 +265,16 @@ def load_digits_split(n_test: int = 300, seed: int = 0) -> DigitsSplit:
 
     The split is ``numpy.random.default_rng(seed).permutation(1797)``: its first ``n_test`` indices are the test
     images, the rest the training images (disjoint, together all of them). The scaling is that of the dequantised
-    pixel :math:`y_i = (k_i + u_i)/17` with :math:`u_i \sim U[0, 1)` independent of :math:`k_i`, computed exactly
+    pixel :math:`(\nu^{(i)} + \xi^{(i)})/17` with :math:`\xi^{(i)} \sim U[0, 1)` independent of the level
+    :math:`\nu^{(i)}`, computed exactly
     from the training images' integer levels (no noise is drawn):
 
-    .. math:: m_i = \frac{\bar k_i + 1/2}{17}, \qquad
-              s_i = \frac{1}{17}\sqrt{\operatorname{Var}(k_i) + \tfrac{1}{12}},
+    .. math:: c^{(i)} = \frac{\bar\nu^{(i)} + 1/2}{17}, \qquad
+              s^{(i)} = \frac{1}{17}\sqrt{\operatorname{Var}(\nu^{(i)}) + \tfrac{1}{12}},
 
-    with :math:`\bar k_i` and :math:`\operatorname{Var}(k_i)` the mean and the (population) variance of pixel i over
-    the training images, and 1/12 the variance of U[0, 1); so :math:`s_i > 0` even for a pixel that is 0 in every
+    with :math:`\bar\nu^{(i)}` and :math:`\operatorname{Var}(\nu^{(i)})` the mean and the (population) variance of
+    pixel i over
+    the training images, and 1/12 the variance of U[0, 1); so :math:`s^{(i)} > 0` even for a pixel that is 0 in every
     image.
 
     Args:
@@ -293,9 +296,9 @@ def load_digits_split(n_test: int = 300, seed: int = 0) -> DigitsSplit:
     labels = torch.as_tensor(digits.target.astype(np.int64))
     order = torch.as_tensor(np.random.default_rng(seed).permutation(len(pixels)))
     test, train = order[:n_test], order[n_test:]
-    k = pixels[train].double()
-    mean = (k.mean(dim=0) + 0.5) / DIGITS_LEVELS
-    scale = torch.sqrt(k.var(dim=0, unbiased=False) + 1 / 12) / DIGITS_LEVELS
+    levels = pixels[train].double()
+    mean = (levels.mean(dim=0) + 0.5) / DIGITS_LEVELS
+    scale = torch.sqrt(levels.var(dim=0, unbiased=False) + 1 / 12) / DIGITS_LEVELS
     return DigitsSplit(pixels[train], labels[train], pixels[test], labels[test], mean, scale)
 
 
@@ -325,15 +328,17 @@ def dequantize_digits(pixels: torch.Tensor, mean: torch.Tensor, scale: torch.Ten
                       dtype=torch.float32) -> torch.Tensor:
     r"""Dequantise and scale integer pixels (book eq. ``eq-dg-dequantise``):
 
-    .. math:: x_i = \frac{(k_i + u_i)/17 - m_i}{s_i}, \qquad u_i \sim U[0, 1) \text{ independent},
+    .. math:: x^{(i)} = \frac{(\nu^{(i)} + \xi^{(i)})/17 - c^{(i)}}{s^{(i)}}, \qquad
+              \xi^{(i)} \sim U[0, 1) \text{ independent},
 
-    so that each pixel's value lies in its own bin :math:`[(k_i/17 - m_i)/s_i, ((k_i + 1)/17 - m_i)/s_i)` and the
+    so that each pixel's value lies in its own bin
+    :math:`[(\nu^{(i)}/17 - c^{(i)})/s^{(i)}, ((\nu^{(i)} + 1)/17 - c^{(i)})/s^{(i)})` and the
     bins of the 17 levels tile an interval without overlap.
 
     Args:
-        pixels: grey levels k, an integer tensor of shape (n, d) with values in {0, ..., 16}.
-        mean, scale: :math:`m` and :math:`s` of :func:`load_digits_split`, float tensors of shape (d,), scale > 0.
-        generator: optional ``torch.Generator`` for the noise u (on ``device``).
+        pixels: grey levels nu, an integer tensor of shape (n, d) with values in {0, ..., 16}.
+        mean, scale: :math:`c` and :math:`s` of :func:`load_digits_split`, float tensors of shape (d,), scale > 0.
+        generator: optional ``torch.Generator`` for the noise xi (on ``device``).
         device, dtype: where and in which precision x is made (default: the generator's device, else the CPU;
             float32). The arithmetic is done in float64 and rounded once.
 
@@ -360,7 +365,8 @@ def dequantize_digits(pixels: torch.Tensor, mean: torch.Tensor, scale: torch.Ten
 
 def digits_to_pixels(x: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     r"""Map scaled values back to continuous grey levels, the inverse of the scaling of :func:`dequantize_digits`:
-    :math:`17\,(s_i x_i + m_i)`, in [k, k + 1) for a pixel dequantised from level k (model samples may fall outside
+    :math:`17\,(s^{(i)} x^{(i)} + c^{(i)})`, in [nu, nu + 1) for a pixel dequantised from level nu (model samples
+    may fall outside
     [0, 17); ``floor`` and ``clamp(0, 16)`` of the result give integer levels).
 
     Args:
@@ -379,8 +385,9 @@ def digits_to_pixels(x: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor) -
 
 
 def digits_log_det(scale: torch.Tensor) -> float:
-    r"""The log-determinant :math:`\sum_i \log(17 s_i)` of the map from :math:`k + u` (grey level plus noise, in
-    [0, 17)^d) to x of :func:`dequantize_digits`, whose Jacobian is :math:`\operatorname{diag}(1/(17 s_i))`.
+    r"""The log-determinant :math:`\sum_i \log(17 s^{(i)})` of the map from :math:`\nu + \xi` (grey level plus
+    noise, in
+    [0, 17)^d) to x of :func:`dequantize_digits`, whose Jacobian is :math:`\operatorname{diag}(1/(17 s^{(i)}))`.
 
     Args:
         scale: :math:`s`, a float tensor of shape (d,), all > 0.
@@ -402,11 +409,11 @@ def digits_bits_per_dim(log_p: torch.Tensor, scale: torch.Tensor) -> torch.Tenso
     r"""Bits per dimension of discrete pixels from log-densities of their dequantised, scaled values (book eq.
     ``eq-dg-bits``; Theis et al. 2016, Dinh et al. 2017):
 
-    .. math:: \text{bits/dim} = \frac{-\log p(x) + \sum_{i=1}^d \log(17 s_i)}{d \log 2} .
+    .. math:: \text{bits/dim} = \frac{-\log p(x) + \sum_{i=1}^d \log(17 s^{(i)})}{d \log 2} .
 
-    With x from :func:`dequantize_digits` of an image k, :math:`p(x)/\prod_i 17 s_i` is the density of
-    :math:`k + u` on [0, 17)^d, whose integral over the unit cube :math:`k + [0, 1)^d` is the probability of the
-    image; by Jensen's inequality its mean log over u is at most the log-probability, so the mean of this value
+    With x from :func:`dequantize_digits` of an image :math:`\nu`, :math:`p(x)/\prod_i 17 s^{(i)}` is the density of
+    :math:`\nu + \xi` on [0, 17)^d, whose integral over the unit cube :math:`\nu + [0, 1)^d` is the probability of the
+    image; by Jensen's inequality its mean log over xi is at most the log-probability, so the mean of this value
     over the noise bounds the discrete model's bits per dimension from above. A density uniform on the whole
     box :math:`[0, 17)^d` gives :math:`\log_2 17 \approx 4.087` bits per dimension.
 
