@@ -10,6 +10,7 @@ Modules (each equation's code is one hop from here):
   solvers) and :func:`sample`; :class:`EvaluationCounter` counts the evaluations of a field.
 * :mod:`fmlib.ode` -- :func:`log_likelihood` by the instantaneous change of variables.
 * :mod:`fmlib.training` -- the CFM loss and a tensor-wise training loop.
+* :mod:`fmlib.couplings` -- minibatch optimal-transport pairing, rectified-flow pairs, straightness of a flow.
 * :mod:`fmlib.recipes` -- the annulus training setups of the book (the seed's and the book's best).
 * :mod:`fmlib.data` -- 2-D toy data sets (the annulus, two moons, eight Gaussians, a checkerboard).
 * :mod:`fmlib.checkpoints` -- :func:`save_model` and :func:`load_model`: a model file that describes itself.
@@ -22,6 +23,7 @@ Modules (each equation's code is one hop from here):
 import importlib
 
 from .checkpoints import LoadedModel, load_model, save_model
+from .couplings import Straightness, ot_permutation, reflow_pairs, straightness
 from .continuity import continuity_residual, continuity_terms, divergence
 from .data import (TOY_DATASETS, annulus_entropy, annulus_log_prob, get_dataset, sample_annulus, sample_checkerboard,
                    sample_eight_gaussians, sample_moons)
@@ -44,6 +46,7 @@ __all__ = [
     "solve", "sample", "STAGES", "EvaluationCounter",
     "log_likelihood",
     "cfm_loss", "draw_times", "quasi_random_batch", "train_cfm",
+    "ot_permutation", "reflow_pairs", "straightness", "Straightness",
     "SEED_ANNULUS_CONFIG", "BEST_ANNULUS_CONFIG", "train_annulus", "train_annulus_many",
     "sample_annulus", "annulus_log_prob", "annulus_entropy", "sample_moons", "sample_eight_gaussians",
     "sample_checkerboard", "TOY_DATASETS", "get_dataset",
