@@ -23,8 +23,8 @@ Modules (each equation's code is one hop from here):
 import importlib
 
 from .checkpoints import LoadedModel, load_model, save_model
-from .couplings import Straightness, ot_permutation, reflow_pairs, straightness
 from .continuity import continuity_residual, continuity_terms, divergence
+from .couplings import Straightness, ot_permutation, reflow_pairs, straightness
 from .data import (TOY_DATASETS, annulus_entropy, annulus_log_prob, get_dataset, sample_annulus, sample_checkerboard,
                    sample_eight_gaussians, sample_moons)
 from .marginal import EmpiricalMarginal
