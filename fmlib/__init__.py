@@ -11,6 +11,7 @@ Modules (each equation's code is one hop from here):
 * :mod:`fmlib.sde` -- :func:`euler_maruyama` and :func:`sde_drift`: sampling with an SDE that has the flow's marginals.
 * :mod:`fmlib.ode` -- :func:`log_likelihood` by the instantaneous change of variables.
 * :mod:`fmlib.training` -- the CFM loss and a tensor-wise training loop.
+* :mod:`fmlib.couplings` -- minibatch optimal-transport pairing, rectified-flow pairs, straightness of a flow.
 * :mod:`fmlib.recipes` -- the annulus training setups of the book (the seed's and the book's best).
 * :mod:`fmlib.data` -- 2-D toy data sets (the annulus, two moons, eight Gaussians, a checkerboard), and scikit-learn's
   8 x 8 handwritten digits with their dequantisation and bits per dimension.
@@ -25,6 +26,7 @@ import importlib
 
 from .checkpoints import LoadedModel, load_model, save_model
 from .continuity import continuity_residual, continuity_terms, divergence
+from .couplings import Straightness, ot_permutation, reflow_pairs, straightness
 from .data import (TOY_DATASETS, annulus_entropy, annulus_log_prob, get_dataset, sample_annulus, sample_checkerboard,
                    sample_eight_gaussians, sample_moons)
 from .data import (DigitsSplit, dequantize_digits, digits_bits_per_dim, digits_log_det, digits_to_pixels,
@@ -50,6 +52,7 @@ __all__ = [
     "euler_maruyama", "sde_drift",
     "log_likelihood",
     "cfm_loss", "draw_times", "quasi_random_batch", "train_cfm",
+    "ot_permutation", "reflow_pairs", "straightness", "Straightness",
     "SEED_ANNULUS_CONFIG", "BEST_ANNULUS_CONFIG", "train_annulus", "train_annulus_many",
     "sample_annulus", "annulus_log_prob", "annulus_entropy", "sample_moons", "sample_eight_gaussians",
     "sample_checkerboard", "TOY_DATASETS", "get_dataset",

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from ._checks import (check_bool, check_device, check_float_dtype, check_generator, check_int_in, check_points,
                       check_positive_int, check_positive_real, check_seed)
+from .couplings import _ot_permutation
 from .paths import GaussianPath, LinearPath
 
 __all__ = ["cfm_loss", "draw_times", "quasi_random_batch", "train_cfm"]
@@ -202,7 +203,7 @@ def train_cfm(model: torch.nn.Module, sample_data: Callable, *, path: GaussianPa
               n_steps: int = 10_000, batch_size: int = 256, lr: float = 1e-2, seed: int | None = 0,
               device=None, optimizer: torch.optim.Optimizer | None = None, scheduler=None,
               progress: bool = True, desc: str = "training", time_beta: float = 1.0,
-              data_uniforms: int | None = None) -> list[float]:
+              data_uniforms: int | None = None, coupling: str = "independent") -> list[float]:
     r"""Train a vector field with the CFM loss; batches are drawn tensor-wise from ``sample_data``.
 
     At every step, in this order and all from one generator ``g`` seeded with ``seed``: draw x_1 =
@@ -243,6 +244,13 @@ def train_cfm(model: torch.nn.Module, sample_data: Callable, *, path: GaussianPa
             ``seed=None`` the scrambling is drawn from this function's own unseeded generator. Every block of
             ``batch_size`` points is balanced (one point in each of ``batch_size`` equal intervals of every
             coordinate) when ``batch_size`` is a power of 2; other sizes work, with less balance.
+        coupling: how x_0 and x_1 are paired (book chapter "Straight paths", eq. ``eq-sp-coupled-loss``).
+            "independent" (default): as above. "ot": the same draws of x_1, t and x_0 as "independent", then the
+            batch's x_1 re-paired to its x_0 by the exact minibatch optimal-transport assignment
+            (:func:`fmlib.couplings.ot_permutation`; Tong et al. 2024, Alg. 3). "paired": ``sample_data`` is a
+            tuple ``(x_0, x_1)`` of two tensors of shape (N, d) whose rows are drawn together, uniformly with
+            replacement (e.g. the pairs of :func:`fmlib.couplings.reflow_pairs`, for rectified flow); only t is
+            drawn. Not with ``data_uniforms``.
 
     Returns:
         the loss at every step, a list of ``n_steps`` floats. The model is left in ``eval()`` mode.
@@ -264,6 +272,19 @@ def train_cfm(model: torch.nn.Module, sample_data: Callable, *, path: GaussianPa
     time_beta = check_positive_real("time_beta", time_beta)
     if not isinstance(model, torch.nn.Module):
         raise ValueError(f"model must be a torch.nn.Module called as model(t, x), got {type(model).__name__}")
+    if coupling not in ("independent", "ot", "paired"):
+        raise ValueError(f"coupling must be 'independent', 'ot' or 'paired', got {coupling!r}")
+    if coupling != "independent" and data_uniforms is not None:
+        raise ValueError(f"coupling={coupling!r} draws pseudo-random batches: leave data_uniforms=None")
+    if coupling == "paired":  # rows of (x_0 | x_1), drawn together; split again in the loop
+        if not (isinstance(sample_data, (tuple, list)) and len(sample_data) == 2):
+            raise ValueError(f"with coupling='paired', sample_data must be a tuple (x_0, x_1) of two tensors of "
+                             f"shape (N, d), got {type(sample_data).__name__}")
+        pair = [check_points(f"sample_data[{i}]", z) for i, z in enumerate(sample_data)]
+        if pair[0].shape != pair[1].shape or pair[0].dtype != pair[1].dtype:
+            raise ValueError(f"with coupling='paired', x_0 and x_1 must have the same shape and dtype, got "
+                             f"{tuple(pair[0].shape)}, {pair[0].dtype} and {tuple(pair[1].shape)}, {pair[1].dtype}")
+        sample_data = torch.cat([z.detach().to(pair[1].device) for z in pair], dim=1)
     if isinstance(sample_data, torch.Tensor):
         if data_uniforms is not None:
             raise ValueError("data_uniforms needs a sampler that turns uniforms into points; with a data tensor, "
@@ -336,6 +357,13 @@ def train_cfm(model: torch.nn.Module, sample_data: Callable, *, path: GaussianPa
                        else type(x_1).__name__)
                 raise ValueError(f"sample_data(batch_size) returned {got}, expected shape {tuple(x_check.shape)}, "
                                  f"dtype {x_check.dtype} (as its first batch)")
+            if coupling == "ot":  # the draws of the independent coupling (t, then x_0), re-paired
+                t = draw_times(batch_size, time_beta, t_max=path.t_max, generator=generator, device=device,
+                               dtype=x_1.dtype)
+                x_0 = torch.randn(x_1.shape, generator=generator, device=device, dtype=x_1.dtype)
+                x_1 = x_1[_ot_permutation(x_0, x_1)]
+            elif coupling == "paired":
+                x_0, x_1 = x_1[:, :d // 2], x_1[:, d // 2:]
             loss = _cfm_loss(model, path, x_1, generator, time_beta=time_beta, t=t, x_0=x_0)
         except ValueError as err:  # e.g. NaN data reaching the model's input check
             _restore(model, optimizer, last_good)
