@@ -22,8 +22,8 @@ __all__ = ["ot_permutation", "reflow_pairs", "straightness", "Straightness"]
 
 
 def ot_permutation(x_0: torch.Tensor, x_1: torch.Tensor) -> torch.Tensor:
-    r"""The exact minibatch optimal-transport pairing: the permutation :math:`\rho` of the batch that minimises
-    :math:`\sum_i \lVert x_0[i] - x_1[\rho(i)] \rVert^2` (book eq. ``eq-sp-assignment``; Tong et al. 2024, Sec. 3.2;
+    r"""The exact minibatch optimal-transport pairing: the permutation :math:`\tau` of the batch that minimises
+    :math:`\sum_i \lVert x_0[i] - x_1[\tau(i)] \rVert^2` (book eq. ``eq-sp-assignment``; Tong et al. 2024, Sec. 3.2;
     Pooladian et al. 2023, Sec. 3).
 
     The cost matrix is formed in float64 on the CPU and solved exactly by POT's network simplex ``ot.emd`` with
