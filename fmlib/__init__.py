@@ -12,6 +12,8 @@ Modules (each equation's code is one hop from here):
 * :mod:`fmlib.training` -- the CFM loss and a tensor-wise training loop.
 * :mod:`fmlib.recipes` -- the annulus training setups of the book (the seed's and the book's best).
 * :mod:`fmlib.data` -- 2-D toy data sets (the annulus, two moons, eight Gaussians, a checkerboard).
+* :mod:`fmlib.guidance` -- class-conditional fields and classifier-free guidance: :class:`GuidedField`, the exact
+  per-class fields :func:`class_marginals`, the tilted distribution :func:`sample_tilted`, a labelled annulus.
 * :mod:`fmlib.checkpoints` -- :func:`save_model` and :func:`load_model`: a model file that describes itself.
 * :mod:`fmlib.plotting` -- figures that work in the static book and in live notebooks (show_plotly,
   density_path_figure, density_surface_figure, show_animation, trajectory_animation, live_controls; needs plotly,
@@ -25,6 +27,7 @@ from .checkpoints import LoadedModel, load_model, save_model
 from .continuity import continuity_residual, continuity_terms, divergence
 from .data import (TOY_DATASETS, annulus_entropy, annulus_log_prob, get_dataset, sample_annulus, sample_checkerboard,
                    sample_eight_gaussians, sample_moons)
+from .guidance import GuidedField, class_marginals, guidance_scale, guidance_weight, sample_tilted
 from .marginal import EmpiricalMarginal
 from .networks import MLPVectorField
 from .ode import log_likelihood
@@ -39,6 +42,7 @@ __version__ = "0.1.0"
 __all__ = [
     "GaussianPath", "LinearPath", "VPDiffusionPath", "PathSample",
     "EmpiricalMarginal",
+    "GuidedField", "class_marginals", "guidance_scale", "guidance_weight", "sample_tilted",
     "continuity_residual", "continuity_terms", "divergence",
     "MLPVectorField",
     "solve", "sample", "STAGES", "EvaluationCounter",
