@@ -246,11 +246,11 @@ def train_cfm(model: torch.nn.Module, sample_data: Callable, *, path: GaussianPa
             coordinate) when ``batch_size`` is a power of 2; other sizes work, with less balance.
         labels: class labels of the rows of a data tensor ``sample_data`` (book chapter "Conditional generation
             and guidance", eq. ``eq-cfg-dropout-loss``): an integer tensor of shape (N,) with values in
-            {0, ..., C - 1} for a model built with ``n_classes=C``, which is then trained as ``model(t, x, y)``.
+            {0, ..., C - 1} for a model built with ``n_classes=C``, which is then trained as ``model(t, x, c)``.
             Each step draws the rows' indices, then (with ``label_dropout`` > 0) one uniform per row: a row's
             label is replaced by "no label" (``model.null_label``) when its uniform is below ``label_dropout``.
             None (default): ``model(t, x)``, no label.
-        label_dropout: the rate p in [0, 1) at which labels are dropped (needs ``labels``).
+        label_dropout: the rate :math:`\rho` in [0, 1) at which labels are dropped (needs ``labels``).
 
     Returns:
         the loss at every step, a list of ``n_steps`` floats. The model is left in ``eval()`` mode.
@@ -275,7 +275,7 @@ def train_cfm(model: torch.nn.Module, sample_data: Callable, *, path: GaussianPa
     time_beta = check_positive_real("time_beta", time_beta)
     if not isinstance(model, torch.nn.Module):
         raise ValueError(f"model must be a torch.nn.Module called as model(t, x), got {type(model).__name__}")
-    if labels is not None or label_dropout != 0.0:  # class-conditional: model(t, x, y), labels dropped at rate p
+    if labels is not None or label_dropout != 0.0:  # class-conditional: model(t, x, c), labels dropped at rate rho
         sample_data, model = _labelled(model, sample_data, labels, label_dropout, data_uniforms)
     if isinstance(sample_data, torch.Tensor):
         if data_uniforms is not None:
@@ -399,20 +399,20 @@ def _rows_of(data: torch.Tensor) -> Callable:
 
 
 class _LabelledModel(torch.nn.Module):
-    """train_cfm's view of a class-conditional model: ``v(t, x) = model(t, x, y)`` with the labels y of the rows
+    """train_cfm's view of a class-conditional model: ``v(t, x) = model(t, x, c)`` with the labels c of the rows
     that its sampler drew last (the same parameters, trained in place)."""
 
     def __init__(self, model):
         super().__init__()
-        self.model, self.y = model, None
+        self.model, self.c = model, None
 
     def forward(self, t, x):
-        return self.model(t, x, self.y)
+        return self.model(t, x, self.c)
 
 
 def _labelled(model, data, labels, p, data_uniforms):
     """Check train_cfm's labels and label_dropout; return a sampler of rows that keeps their labels (dropped at
-    rate p) for the returned view of the model (book eq. ``eq-cfg-dropout-loss``)."""
+    rate rho) for the returned view of the model (book eq. ``eq-cfg-dropout-loss``)."""
     n_classes = getattr(model, "n_classes", 0)
     if labels is None:
         raise ValueError(f"label_dropout={p!r} needs labels (an integer tensor of shape (N,))")
@@ -420,7 +420,7 @@ def _labelled(model, data, labels, p, data_uniforms):
         raise ValueError("labels need sample_data to be a data tensor of shape (N, d) and data_uniforms=None")
     data = check_points("sample_data (a data tensor)", data)
     if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 1:
-        raise ValueError(f"labels need a class-conditional model called as model(t, x, y) with n_classes >= 1 "
+        raise ValueError(f"labels need a class-conditional model called as model(t, x, c) with n_classes >= 1 "
                          f"(e.g. MLPVectorField(d, n_classes=C)), got a model with n_classes={n_classes!r}")
     if (not isinstance(labels, torch.Tensor) or labels.shape != (data.shape[0],) or labels.is_floating_point()
             or labels.is_complex() or labels.dtype == torch.bool
@@ -438,11 +438,11 @@ def _labelled(model, data, labels, p, data_uniforms):
         device = index.device
         if device not in placed:  # copies: the caller's tensors are never touched
             placed[device] = (data.detach().to(device, copy=True), labels.detach().to(device, torch.long, copy=True))
-        x, y = placed[device][0][index], placed[device][1][index]
-        if p > 0:
+        x, c = placed[device][0][index], placed[device][1][index]
+        if p > 0:  # one uniform per row: its label is dropped when it is below the rate
             drop = torch.rand(n, generator=generator, device=device) < p
-            y = torch.where(drop, torch.full_like(y, n_classes), y)
-        view.y = y
+            c = torch.where(drop, torch.full_like(c, n_classes), c)
+        view.c = c
         return x
 
     return sample_labelled, view
