@@ -15,6 +15,8 @@ Modules (each equation's code is one hop from here):
 * :mod:`fmlib.recipes` -- the annulus training setups of the book (the seed's and the book's best).
 * :mod:`fmlib.data` -- 2-D toy data sets (the annulus, two moons, eight Gaussians, a checkerboard), and scikit-learn's
   8 x 8 handwritten digits with their dequantisation and bits per dimension.
+* :mod:`fmlib.guidance` -- class-conditional fields and classifier-free guidance: :class:`GuidedField`, the exact
+  per-class fields :func:`class_marginals`, the tilted distribution :func:`sample_tilted`, a labelled annulus.
 * :mod:`fmlib.checkpoints` -- :func:`save_model` and :func:`load_model`: a model file that describes itself.
 * :mod:`fmlib.plotting` -- figures that work in the static book and in live notebooks (show_plotly,
   density_path_figure, density_surface_figure, show_animation, trajectory_animation, live_controls; needs plotly,
@@ -31,6 +33,7 @@ from .data import (TOY_DATASETS, annulus_entropy, annulus_log_prob, get_dataset,
                    sample_eight_gaussians, sample_moons)
 from .data import (DigitsSplit, dequantize_digits, digits_bits_per_dim, digits_log_det, digits_to_pixels,
                    load_digits_split)
+from .guidance import GuidedField, class_marginals, guidance_scale, guidance_weight, sample_tilted
 from .marginal import EmpiricalMarginal
 from .networks import MLPVectorField
 from .ode import log_likelihood
@@ -46,6 +49,7 @@ __version__ = "0.1.0"
 __all__ = [
     "GaussianPath", "LinearPath", "VPDiffusionPath", "PathSample", "PREDICTIONS",
     "EmpiricalMarginal",
+    "GuidedField", "class_marginals", "guidance_scale", "guidance_weight", "sample_tilted",
     "continuity_residual", "continuity_terms", "divergence",
     "MLPVectorField",
     "solve", "sample", "STAGES", "EvaluationCounter",

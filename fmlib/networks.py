@@ -23,6 +23,7 @@ from ._checks import check_bool, check_choice, check_int_in, check_positive_int
 __all__ = ["MLPVectorField", "ACTIVATIONS", "time_column"]
 
 MAX_TIME_FREQUENCIES = 1000  # a sanity cap: beyond it the time features would dwarf any network
+MAX_CLASSES = 100_000  # a sanity cap on n_classes: the one-hot label input has n_classes + 1 entries
 
 ACTIVATIONS = {"elu": nn.ELU, "relu": nn.ReLU, "silu": nn.SiLU, "tanh": nn.Tanh, "gelu": nn.GELU, "softplus": nn.Softplus}
 
@@ -52,6 +53,11 @@ class MLPVectorField(nn.Module):
         activation: one of ``ACTIVATIONS`` ("elu", "relu", "silu", "tanh", "gelu", "softplus").
         time_frequencies: number K of sinusoidal time frequencies, an int in [0, 1000] (0: the input is (t, x)).
         residual: use residual hidden layers (a bool, numpy's too).
+        n_classes: number C of class labels, an int in [0, 100000]. 0 (default): an unconditional field
+            :math:`v_\theta(t, x)`. C >= 1: a class-conditional field :math:`v_\theta(t, x, c)` (book chapter
+            "Conditional generation and guidance", eq. ``eq-cfg-dropout-loss``) with labels c in {0, ..., C - 1}
+            and one more index, C (``model.null_label``), for "no label" :math:`\varnothing`; the input gains the
+            one-hot vector of the label, of size C + 1 (a learned embedding of the label in the first layer).
 
     The constructor's arguments are kept in ``model.config`` (a dict) and in the ``state_dict`` under the key
     ``"_extra_state"`` (PyTorch's place for a module's non-tensor state), so that ``load_state_dict`` refuses the
@@ -62,11 +68,12 @@ class MLPVectorField(nn.Module):
 
     Raises:
         ValueError: for a non-positive or non-integer size, a time_frequencies that is not an int in [0, 1000], a
-            residual that is not a bool, or an unknown activation name.
+            residual that is not a bool, an n_classes that is not an int in [0, 100000], or an unknown activation
+            name.
     """
 
     def __init__(self, dim: int, width: int = 64, depth: int = 3, activation: str = "elu", *,
-                 time_frequencies: int = 0, residual: bool = False):
+                 time_frequencies: int = 0, residual: bool = False, n_classes: int = 0):
         super().__init__()
         self.dim = check_positive_int("dim", dim)
         width = check_positive_int("width", width)
@@ -74,15 +81,24 @@ class MLPVectorField(nn.Module):
         act = ACTIVATIONS[check_choice("activation", activation, ACTIVATIONS)]
         self.time_frequencies = check_int_in("time_frequencies", time_frequencies, 0, MAX_TIME_FREQUENCIES)
         self.residual = check_bool("residual", residual)
-        layers: list[nn.Module] = [nn.Linear(1 + 2 * self.time_frequencies + self.dim, width), act()]
+        self.n_classes = check_int_in("n_classes", n_classes, 0, MAX_CLASSES)
+        n_in = 1 + 2 * self.time_frequencies + self.dim + (self.n_classes + 1 if self.n_classes else 0)
+        layers: list[nn.Module] = [nn.Linear(n_in, width), act()]
         for _ in range(depth - 1):
             layers += [_ResidualBlock(width, act())] if residual else [nn.Linear(width, width), act()]
         layers.append(nn.Linear(width, self.dim))
         self.net = nn.Sequential(*layers)
         self._config = {"dim": self.dim, "width": int(width), "depth": int(depth), "activation": str(activation),
                         "time_frequencies": int(self.time_frequencies), "residual": bool(self.residual)}
+        if self.n_classes:  # only for a conditional model: unconditional configs stay as they were
+            self._config["n_classes"] = self.n_classes
         # a state_dict saved before the config travelled with the weights has no "_extra_state": it loads as before
         self._register_load_state_dict_pre_hook(_accept_state_without_config, with_module=True)
+
+    @property
+    def null_label(self) -> int:
+        """The index of "no label" (:math:`\\varnothing`) of a class-conditional model: ``n_classes``."""
+        return self.n_classes
 
     @property
     def config(self) -> dict:
@@ -115,21 +131,25 @@ class MLPVectorField(nn.Module):
                              f"{'; '.join(differ)}); build the model as MLPVectorField(**config) with the weights' "
                              f"config, or load the file with fmlib.load_model")
 
-    def forward(self, t, x: torch.Tensor) -> torch.Tensor:
-        r"""Evaluate :math:`v_\theta(t, x)`.
+    def forward(self, t, x: torch.Tensor, c=None) -> torch.Tensor:
+        r"""Evaluate :math:`v_\theta(t, x)`, or :math:`v_\theta(t, x, c)` for a class-conditional model with label c.
 
         Args:
             t: times: a float, a 0-d tensor, or a tensor of shape (n,), (n, 1), (1,) or (1, 1). Any finite t is
                 accepted; the network has learned the times it was trained on ([0, 1] for fmlib's paths).
             x: points, shape (n, d), in the dtype of the parameters.
+            c: labels of a class-conditional model (``n_classes`` >= 1): None ("no label" for every row), an int,
+                or an integer tensor of shape (n,) or (1,), with values in {0, ..., n_classes}, where n_classes is
+                "no label" (``null_label``). Must be None for an unconditional model.
 
         Returns:
             velocities, shape (n, d).
 
         Raises:
             ValueError: if x is not a tensor of shape (n, d) with d = ``dim``, its dtype differs from the
-                parameters', or t has a shape that does not broadcast to (n, 1). The values are not checked
-                (see the module docstring).
+                parameters', t has a shape that does not broadcast to (n, 1), or c is given to an unconditional
+                model or is not an int or integer tensor of shape (n,) or (1,). The values are not checked (see
+                the module docstring; a label outside {0, ..., n_classes} fails in ``one_hot``).
         """
         if not isinstance(x, torch.Tensor) or x.ndim != 2 or x.shape[1] != self.dim or not x.is_floating_point():
             got = f"shape {tuple(x.shape)}, dtype {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
@@ -140,6 +160,11 @@ class MLPVectorField(nn.Module):
             h = torch.cat([t, torch.sin(angles), torch.cos(angles), x], dim=1)
         else:
             h = torch.cat([t, x], dim=1)
+        if self.n_classes:
+            h = torch.cat([h, self._one_hot(c, x)], dim=1)
+        elif c is not None:
+            raise ValueError("c (a label) was given to an unconditional MLPVectorField (n_classes=0); build the model "
+                             "with n_classes=C to condition it on labels")
         try:
             return self.net(h)
         except RuntimeError as err:  # named here, at no cost to calls that work
@@ -148,6 +173,21 @@ class MLPVectorField(nn.Module):
                 raise ValueError(f"x has dtype {x.dtype} but the model's parameters are {w.dtype}; convert one of "
                                  f"them (e.g. model.to({x.dtype}) or x.to({w.dtype}))") from err
             raise
+
+    def _one_hot(self, c, x: torch.Tensor) -> torch.Tensor:
+        """The one-hot labels, shape (n, n_classes + 1), in x's dtype; None is "no label" (index n_classes)."""
+        n = x.shape[0]
+        if c is None:
+            c = self.n_classes
+        if isinstance(c, numbers.Integral) and not isinstance(c, (bool, np.bool_)):
+            c = torch.full((n,), int(c), dtype=torch.long, device=x.device)
+        elif not (isinstance(c, torch.Tensor) and c.ndim == 1 and c.shape[0] in (1, n)
+                  and not c.is_floating_point() and not c.is_complex() and c.dtype != torch.bool):
+            got = f"shape {tuple(c.shape)}, dtype {c.dtype}" if isinstance(c, torch.Tensor) else type(c).__name__
+            raise ValueError(f"c must be None, an int or an integer tensor of shape ({n},) or (1,) with labels in "
+                             f"0..{self.n_classes} ({self.n_classes}: no label), got {got}")
+        c = c.to(device=x.device, dtype=torch.long).expand(n)
+        return nn.functional.one_hot(c, self.n_classes + 1).to(x.dtype)
 
     def _frequencies(self, t: torch.Tensor) -> torch.Tensor:
         """The angular frequencies k pi, k = 1..K, in t's dtype (exact in float64 too) and on its device; made once

@@ -203,7 +203,8 @@ def train_cfm(model: torch.nn.Module, sample_data: Callable, *, path: GaussianPa
               n_steps: int = 10_000, batch_size: int = 256, lr: float = 1e-2, seed: int | None = 0,
               device=None, optimizer: torch.optim.Optimizer | None = None, scheduler=None,
               progress: bool = True, desc: str = "training", time_beta: float = 1.0,
-              data_uniforms: int | None = None, coupling: str = "independent") -> list[float]:
+              data_uniforms: int | None = None, coupling: str = "independent",
+              labels: torch.Tensor | None = None, label_dropout: float = 0.0) -> list[float]:
     r"""Train a vector field with the CFM loss; batches are drawn tensor-wise from ``sample_data``.
 
     At every step, in this order and all from one generator ``g`` seeded with ``seed``: draw x_1 =
@@ -251,6 +252,13 @@ def train_cfm(model: torch.nn.Module, sample_data: Callable, *, path: GaussianPa
             tuple ``(x_0, x_1)`` of two tensors of shape (N, d) whose rows are drawn together, uniformly with
             replacement (e.g. the pairs of :func:`fmlib.couplings.reflow_pairs`, for rectified flow); only t is
             drawn. Not with ``data_uniforms``.
+        labels: class labels of the rows of a data tensor ``sample_data`` (book chapter "Conditional generation
+            and guidance", eq. ``eq-cfg-dropout-loss``): an integer tensor of shape (N,) with values in
+            {0, ..., C - 1} for a model built with ``n_classes=C``, which is then trained as ``model(t, x, c)``.
+            Each step draws the rows' indices, then (with ``label_dropout`` > 0) one uniform per row: a row's
+            label is replaced by "no label" (``model.null_label``) when its uniform is below ``label_dropout``.
+            None (default): ``model(t, x)``, no label.
+        label_dropout: the rate :math:`\eta` in [0, 1) at which labels are dropped (needs ``labels``).
 
     Returns:
         the loss at every step, a list of ``n_steps`` floats. The model is left in ``eval()`` mode.
@@ -264,7 +272,10 @@ def train_cfm(model: torch.nn.Module, sample_data: Callable, *, path: GaussianPa
             passed. With data_uniforms: a value that is not an int >= 1, a sample_data that does not accept ``u=``,
             fails on a U of that width, ignores U or returns other shapes or dtypes than its first batch,
             n_steps * batch_size above 2**30 (the length of the Sobol sequence), or 1 + d + data_uniforms above
-            21,201 dimensions. The arguments are checked before the model is moved or set to training mode.
+            21,201 dimensions. With labels: a sample_data that is not a tensor, labels that are not integers of
+            shape (N,) in [0, C), a model without ``n_classes >= 1``, a label_dropout outside [0, 1) or given
+            without labels, or data_uniforms. The arguments are checked before the model is moved or set to
+            training mode.
     """
     n_steps = check_positive_int("n_steps", n_steps)
     batch_size = check_positive_int("batch_size", batch_size)
@@ -285,6 +296,11 @@ def train_cfm(model: torch.nn.Module, sample_data: Callable, *, path: GaussianPa
             raise ValueError(f"with coupling='paired', x_0 and x_1 must have the same shape and dtype, got "
                              f"{tuple(pair[0].shape)}, {pair[0].dtype} and {tuple(pair[1].shape)}, {pair[1].dtype}")
         sample_data = torch.cat([z.detach().to(pair[1].device) for z in pair], dim=1)
+    if coupling != "independent" and (labels is not None or label_dropout != 0.0):
+        raise ValueError(f"coupling={coupling!r} re-pairs the batch's rows, which labels would no longer match: "
+                         f"use labels with coupling='independent'")
+    if labels is not None or label_dropout != 0.0:  # class-conditional: model(t, x, c), labels dropped at rate eta
+        sample_data, model = _labelled(model, sample_data, labels, label_dropout, data_uniforms)
     if isinstance(sample_data, torch.Tensor):
         if data_uniforms is not None:
             raise ValueError("data_uniforms needs a sampler that turns uniforms into points; with a data tensor, "
@@ -411,6 +427,56 @@ def _rows_of(data: torch.Tensor) -> Callable:
         return placed[device][rows]
 
     return sample_rows
+
+
+class _LabelledModel(torch.nn.Module):
+    """train_cfm's view of a class-conditional model: ``v(t, x) = model(t, x, c)`` with the labels c of the rows
+    that its sampler drew last (the same parameters, trained in place)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.c = model, None
+
+    def forward(self, t, x):
+        return self.model(t, x, self.c)
+
+
+def _labelled(model, data, labels, p, data_uniforms):
+    """Check train_cfm's labels and label_dropout; return a sampler of rows that keeps their labels (dropped at
+    rate eta) for the returned view of the model (book eq. ``eq-cfg-dropout-loss``)."""
+    n_classes = getattr(model, "n_classes", 0)
+    if labels is None:
+        raise ValueError(f"label_dropout={p!r} needs labels (an integer tensor of shape (N,))")
+    if not isinstance(data, torch.Tensor) or data_uniforms is not None:
+        raise ValueError("labels need sample_data to be a data tensor of shape (N, d) and data_uniforms=None")
+    data = check_points("sample_data (a data tensor)", data)
+    if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 1:
+        raise ValueError(f"labels need a class-conditional model called as model(t, x, c) with n_classes >= 1 "
+                         f"(e.g. MLPVectorField(d, n_classes=C)), got a model with n_classes={n_classes!r}")
+    if (not isinstance(labels, torch.Tensor) or labels.shape != (data.shape[0],) or labels.is_floating_point()
+            or labels.is_complex() or labels.dtype == torch.bool
+            or (labels.numel() and not 0 <= int(labels.min()) <= int(labels.max()) < n_classes)):
+        got = f"shape {tuple(labels.shape)}, dtype {labels.dtype}" if isinstance(labels, torch.Tensor) else \
+            type(labels).__name__
+        raise ValueError(f"labels must be an integer tensor of shape ({data.shape[0]},) (one per data row) with "
+                         f"values in [0, {n_classes}), got {got}")
+    if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 <= p < 1:
+        raise ValueError(f"label_dropout must be a number in [0, 1), got {p!r}")
+    view, rows, placed = _LabelledModel(model), _rows_of(torch.arange(data.shape[0])[:, None]), {}
+
+    def sample_labelled(n, generator=None, device=None):
+        index = rows(n, generator=generator, device=device)[:, 0]
+        device = index.device
+        if device not in placed:  # copies: the caller's tensors are never touched
+            placed[device] = (data.detach().to(device, copy=True), labels.detach().to(device, torch.long, copy=True))
+        x, c = placed[device][0][index], placed[device][1][index]
+        if p > 0:  # one uniform per row: its label is dropped when it is below the rate
+            drop = torch.rand(n, generator=generator, device=device) < p
+            c = torch.where(drop, torch.full_like(c, n_classes), c)
+        view.c = c
+        return x
+
+    return sample_labelled, view
 
 
 def _sobol_engine(sample_data, k, x_check, n_steps, batch_size, seed, generator, device):
