@@ -244,7 +244,7 @@ class DigitsSplit(NamedTuple):
         train_labels: their digits, shape (n_train,), int64 in {0, ..., 9}.
         test_pixels: held-out images, shape (n_test, 64), as train_pixels.
         test_labels: their digits, shape (n_test,).
-        mean: :math:`c^{(i)}`, the mean of the dequantised pixel :math:`(\nu^{(i)} + \xi^{(i)})/17` over the
+        mean: :math:`\mu^{(i)}`, the mean of the dequantised pixel :math:`(\nu^{(i)} + \xi^{(i)})/17` over the
             training images,
             shape (64,), float64.
         scale: :math:`s^{(i)}`, its standard deviation (of the integer part's spread and the noise's together),
@@ -269,7 +269,7 @@ def load_digits_split(n_test: int = 300, seed: int = 0) -> DigitsSplit:
     :math:`\nu^{(i)}`, computed exactly
     from the training images' integer levels (no noise is drawn):
 
-    .. math:: c^{(i)} = \frac{\bar\nu^{(i)} + 1/2}{17}, \qquad
+    .. math:: \mu^{(i)} = \frac{\bar\nu^{(i)} + 1/2}{17}, \qquad
               s^{(i)} = \frac{1}{17}\sqrt{\operatorname{Var}(\nu^{(i)}) + \tfrac{1}{12}},
 
     with :math:`\bar\nu^{(i)}` and :math:`\operatorname{Var}(\nu^{(i)})` the mean and the (population) variance of
@@ -328,16 +328,16 @@ def dequantize_digits(pixels: torch.Tensor, mean: torch.Tensor, scale: torch.Ten
                       dtype=torch.float32) -> torch.Tensor:
     r"""Dequantise and scale integer pixels (book eq. ``eq-dg-dequantise``):
 
-    .. math:: x^{(i)} = \frac{(\nu^{(i)} + \xi^{(i)})/17 - c^{(i)}}{s^{(i)}}, \qquad
+    .. math:: x^{(i)} = \frac{(\nu^{(i)} + \xi^{(i)})/17 - \mu^{(i)}}{s^{(i)}}, \qquad
               \xi^{(i)} \sim U[0, 1) \text{ independent},
 
     so that each pixel's value lies in its own bin
-    :math:`[(\nu^{(i)}/17 - c^{(i)})/s^{(i)}, ((\nu^{(i)} + 1)/17 - c^{(i)})/s^{(i)})` and the
+    :math:`[(\nu^{(i)}/17 - \mu^{(i)})/s^{(i)}, ((\nu^{(i)} + 1)/17 - \mu^{(i)})/s^{(i)})` and the
     bins of the 17 levels tile an interval without overlap.
 
     Args:
         pixels: grey levels nu, an integer tensor of shape (n, d) with values in {0, ..., 16}.
-        mean, scale: :math:`c` and :math:`s` of :func:`load_digits_split`, float tensors of shape (d,), scale > 0.
+        mean, scale: :math:`\mu` and :math:`s` of :func:`load_digits_split`, float tensors of shape (d,), scale > 0.
         generator: optional ``torch.Generator`` for the noise xi (on ``device``).
         device, dtype: where and in which precision x is made (default: the generator's device, else the CPU;
             float32). The arithmetic is done in float64 and rounded once.
@@ -365,7 +365,7 @@ def dequantize_digits(pixels: torch.Tensor, mean: torch.Tensor, scale: torch.Ten
 
 def digits_to_pixels(x: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     r"""Map scaled values back to continuous grey levels, the inverse of the scaling of :func:`dequantize_digits`:
-    :math:`17\,(s^{(i)} x^{(i)} + c^{(i)})`, in [nu, nu + 1) for a pixel dequantised from level nu (model samples
+    :math:`17\,(s^{(i)} x^{(i)} + \mu^{(i)})`, in [nu, nu + 1) for a pixel dequantised from level nu (model samples
     may fall outside
     [0, 17); ``floor`` and ``clamp(0, 16)`` of the result give integer levels).
 
