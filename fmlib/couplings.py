@@ -15,7 +15,8 @@ from typing import Callable, NamedTuple
 import numpy as np
 import torch
 
-from ._checks import check_choice, check_generator, check_points, check_positive_int
+from ._checks import (check_choice, check_device, check_float_dtype, check_generator, check_points,
+                      check_positive_int)
 from .sampler import solve
 
 __all__ = ["ot_permutation", "reflow_pairs", "straightness", "Straightness"]
@@ -42,7 +43,8 @@ def ot_permutation(x_0: torch.Tensor, x_1: torch.Tensor) -> torch.Tensor:
         ``(x_0[i], x_1[perm[i]])``. The inputs are not changed.
 
     Raises:
-        ValueError: if x_0 or x_1 is not a finite floating-point (n, d) tensor, or their shapes differ.
+        ValueError: if x_0 or x_1 is not a finite floating-point (n, d) tensor, their shapes differ, or their
+            squared distances overflow float64 (entries beyond about 1e154).
     """
     x_0 = check_points("x_0", x_0)
     x_1 = check_points("x_1", x_1)
@@ -58,6 +60,9 @@ def _ot_permutation(x_0, x_1):
     a = x_0.detach().to("cpu", torch.float64)
     b = x_1.detach().to("cpu", torch.float64)
     cost = torch.cdist(a, b).square_().numpy()  # cost[i, j] = |x_0[i] - x_1[j]|^2
+    if not np.isfinite(cost).all():  # finite points far apart (~1e154) overflow; the solvers would fail obscurely
+        raise ValueError("x_0 and x_1 are too large for the optimal-transport pairing: their squared distances "
+                         "overflow float64 (scale the points down)")
     try:
         import ot  # POT's network simplex: several times faster than scipy's solver for n >= 256
     except ImportError:
@@ -94,7 +99,7 @@ def straightness(v: Callable, x_0: torch.Tensor, n_steps: int = 32, method: str 
 
     Args:
         v: vector field ``v(t, x)``.
-        x_0: starting points, shape (n, d) (e.g. noise drawn from N(0, I)).
+        x_0: starting points, shape (n, d) with n >= 1 (e.g. noise drawn from N(0, I)).
         n_steps: K, the number of solver steps and of trapezoids, a positive int.
         method: a fixed-step method of :func:`solve`: "euler", "midpoint" or "rk4".
 
@@ -103,10 +108,13 @@ def straightness(v: Callable, x_0: torch.Tensor, n_steps: int = 32, method: str 
         :math:`\lVert \hat x_1 - x_0 \rVert^2` and the end points.
 
     Raises:
-        ValueError: for a method other than the three above (an adaptive one has no fixed grid), and as
-            :func:`solve` (bad x_0, v or n_steps).
+        ValueError: for a method other than the three above (an adaptive one has no fixed grid), an empty x_0
+            (n = 0: no mean to take), and as :func:`solve` (bad x_0, v or n_steps).
     """
     x_0 = check_points("x_0", x_0)
+    if x_0.shape[0] == 0:
+        raise ValueError("x_0 must hold at least one point (straightness is a mean over its rows), got shape "
+                         f"{tuple(x_0.shape)}")
     n_steps = check_positive_int("n_steps", n_steps)
     check_choice("method", method, ("euler", "midpoint", "rk4"))  # fixed steps: the trajectory has a grid
     x_end, traj = solve(v, x_0, n_steps, method, return_trajectory=True)
@@ -136,16 +144,24 @@ def reflow_pairs(v: Callable, n: int, dim: int, *, method: str = "dopri5", n_ste
         dim: d, a positive int.
         method, n_steps, rtol, atol: as in :func:`solve` (default: dopri5 with tolerances 1e-5).
         generator: optional ``torch.Generator`` on ``device`` for the noise.
-        device, dtype: of the noise (and of the solve).
+        device, dtype: of the noise (and of the solve); device default: the generator's, else the CPU; dtype a
+            floating-point torch.dtype (default float32).
 
     Returns:
         ``(x_0, x_1)``, two tensors of shape (n, dim).
 
     Raises:
-        ValueError: for a bad n, dim or generator, and as :func:`solve`.
+        ValueError: for a bad n, dim, generator, device (or a generator on another device) or dtype, and as
+            :func:`solve`.
     """
     n = check_positive_int("n", n)
     dim = check_positive_int("dim", dim)
     check_generator("generator", generator)
+    device = generator.device if device is None and generator is not None else device
+    device = torch.device("cpu") if device is None else check_device("device", device)
+    if generator is not None and generator.device.type != device.type:
+        raise ValueError(f"generator is on {generator.device} but device is {device}: a generator draws on its own "
+                         f"device")
+    dtype = check_float_dtype("dtype", dtype)
     x_0 = torch.randn(n, dim, generator=generator, device=device, dtype=dtype)
     return x_0, solve(v, x_0, n_steps, method, rtol=rtol, atol=atol)

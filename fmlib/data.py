@@ -313,11 +313,12 @@ def _check_pixels(pixels):
                          f"[{int(pixels.min())}, {int(pixels.max())}]")
 
 
-def _check_scaling(mean, scale, d):
+def _check_scaling(mean, scale, d, source=None):
     for name, value in (("mean", mean), ("scale", scale)):
         if not isinstance(value, torch.Tensor) or value.shape != (d,) or not value.is_floating_point():
             got = f"shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
-            raise ValueError(f"{name} must be a floating-point tensor of shape ({d},), got {got}")
+            of = f" (d = {d} from {source})" if source else ""
+            raise ValueError(f"{name} must be a floating-point tensor of shape ({d},){of}, got {got}")
         check_finite(name, value)
     if not bool((scale > 0).all()):
         raise ValueError("scale must be > 0 in every pixel")
@@ -350,7 +351,7 @@ def dequantize_digits(pixels: torch.Tensor, mean: torch.Tensor, scale: torch.Ten
             another shape, not finite or with a scale <= 0, or a bad generator, device or dtype.
     """
     _check_pixels(pixels)
-    _check_scaling(mean, scale, pixels.shape[1])
+    _check_scaling(mean, scale, pixels.shape[1], "pixels' columns")
     n = pixels.shape[0]
     check_generator("generator", generator)
     device = generator.device if device is None and generator is not None else device
@@ -380,7 +381,7 @@ def digits_to_pixels(x: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor) -
         ValueError: for an x that is not a finite (n, d) float tensor, or a bad mean or scale.
     """
     x = check_points("x", x)
-    _check_scaling(mean, scale, x.shape[1])
+    _check_scaling(mean, scale, x.shape[1], "x's columns")
     return DIGITS_LEVELS * (x * scale.to(x) + mean.to(x))
 
 
@@ -390,17 +391,18 @@ def digits_log_det(scale: torch.Tensor) -> float:
     [0, 17)^d) to x of :func:`dequantize_digits`, whose Jacobian is :math:`\operatorname{diag}(1/(17 s^{(i)}))`.
 
     Args:
-        scale: :math:`s`, a float tensor of shape (d,), all > 0.
+        scale: :math:`s`, a float tensor of shape (d,), d >= 1, all > 0.
 
     Returns:
         the sum in nats, a float.
 
     Raises:
-        ValueError: for a scale that is not a finite 1-D float tensor of positive values.
+        ValueError: for a scale that is not a finite, non-empty 1-D float tensor of positive values.
     """
-    if not isinstance(scale, torch.Tensor) or scale.ndim != 1 or not scale.is_floating_point():
-        got = f"shape {tuple(scale.shape)}" if isinstance(scale, torch.Tensor) else type(scale).__name__
-        raise ValueError(f"scale must be a 1-D floating-point tensor, got {got}")
+    if not isinstance(scale, torch.Tensor) or scale.ndim != 1 or not scale.is_floating_point() or not scale.numel():
+        got = f"shape {tuple(scale.shape)}, dtype {scale.dtype}" if isinstance(scale, torch.Tensor) \
+            else type(scale).__name__
+        raise ValueError(f"scale must be a non-empty 1-D floating-point tensor of shape (d,), got {got}")
     _check_scaling(torch.zeros_like(scale), scale, scale.shape[0])
     return float(torch.log(DIGITS_LEVELS * scale.double()).sum())
 
@@ -418,21 +420,25 @@ def digits_bits_per_dim(log_p: torch.Tensor, scale: torch.Tensor) -> torch.Tenso
     box :math:`[0, 17)^d` gives :math:`\log_2 17 \approx 4.087` bits per dimension.
 
     Args:
-        log_p: log-densities :math:`\log p(x)` in nats of points of dimension d, a float tensor of any shape.
-        scale: :math:`s` of :func:`load_digits_split`, shape (d,), all > 0.
+        log_p: log-densities :math:`\log p(x)` in nats of points of dimension d, a float tensor of any shape,
+            values in [-inf, inf) (no NaN, no +inf).
+        scale: :math:`s` of :func:`load_digits_split`, shape (d,), d >= 1, all > 0.
 
     Returns:
         bits per dimension, the shape of log_p, float64.
 
     Raises:
-        ValueError: for a log_p that is not a float tensor without NaN (a -inf log-density gives +inf bits), or a
-            bad scale.
+        ValueError: for a log_p that is not a float tensor without NaN and +inf (a -inf log-density gives +inf
+            bits; +inf, an infinite density, has no meaning for the discrete data), or a bad scale.
     """
     if not isinstance(log_p, torch.Tensor) or not log_p.is_floating_point():
         got = f"dtype {log_p.dtype}" if isinstance(log_p, torch.Tensor) else type(log_p).__name__
         raise ValueError(f"log_p must be a floating-point tensor of log-densities, got {got}")
     if bool(torch.isnan(log_p).any()):
         raise ValueError("log_p must not hold NaN")
+    if bool((log_p == math.inf).any()):
+        raise ValueError(f"log_p must not hold +inf (an infinite density), got {int((log_p == math.inf).sum())} "
+                         f"such entries")
     log_det = digits_log_det(scale)
     d = scale.shape[0]
     return (-log_p.double() + log_det) / (d * math.log(2))

@@ -98,10 +98,13 @@ class GuidedField:
             w: the guidance weight, a finite real number.
 
         Raises:
-            ValueError: for a model without n_classes >= 1, a label outside [0, n_classes) or a bad w.
+            ValueError: for a model that is not callable or has no n_classes >= 1, a label outside [0, n_classes)
+                or a bad w.
         """
+        if not callable(model):
+            raise ValueError(f"model must be a network called as model(t, x, c), got {type(model).__name__}")
         n_classes = getattr(model, "n_classes", 0)
-        if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 1:
+        if isinstance(n_classes, bool) or not isinstance(n_classes, numbers.Integral) or n_classes < 1:
             raise ValueError(f"model must be class-conditional (n_classes >= 1), got n_classes={n_classes!r}")
         c = check_int_in("c", c, 0, n_classes - 1)
         return cls(lambda t, x: model(t, x, c), lambda t, x: model(t, x, None), w)
@@ -204,9 +207,13 @@ def sample_tilted(marginals: ClassMarginals, c: int, w: float, n: int,
         shape (n, d), in the data's dtype and on its device.
 
     Raises:
-        ValueError: for a bad c, w (negative or not finite), n, generator or max_rounds, a path with
+        ValueError: for marginals that are not a ClassMarginals, a bad c, w (negative or not finite), n,
+            generator or max_rounds, a path with
             :math:`\sigma_1 = 0` (no density), or too few acceptances within max_rounds.
     """
+    if not isinstance(marginals, ClassMarginals):
+        raise ValueError(f"marginals must be the ClassMarginals of fmlib.class_marginals(path, data, labels), got "
+                         f"{type(marginals).__name__}")
     c = check_int_in("c", c, 0, len(marginals.classes) - 1)
     w = _check_weight("w", w)
     if w < 0:
@@ -272,10 +279,15 @@ def labelled_annulus_posterior(x: torch.Tensor, n_classes: int = 3, concentratio
     Raises:
         ValueError: for a bad x, n_classes or concentration.
     """
+    return torch.softmax(_annulus_logits(x, n_classes, concentration), dim=1)
+
+
+def _annulus_logits(x, n_classes, concentration):
+    """The logits kappa cos(theta - mu_k) of :func:`labelled_annulus_posterior`, shape (n, C), after the checks."""
     x = check_points("x", x, dim=2)
     n_classes, kappa = _check_annulus_classes(n_classes, concentration)
     theta = torch.atan2(x[:, 1], x[:, 0])[:, None]
-    return torch.softmax(kappa * torch.cos(theta - _class_angles(n_classes, x.dtype, x.device)), dim=1)
+    return kappa * torch.cos(theta - _class_angles(n_classes, x.dtype, x.device))
 
 
 def labelled_annulus_log_prob(x: torch.Tensor, n_classes: int = 3, concentration: float = 2.0, *,
@@ -290,14 +302,16 @@ def labelled_annulus_log_prob(x: torch.Tensor, n_classes: int = 3, concentration
         r_inner, r_outer: the annulus' radii, as :func:`fmlib.sample_annulus`.
 
     Returns:
-        shape (n, C): column c holds :math:`\log q(x \mid c)` in nats.
+        shape (n, C): column c holds :math:`\log q(x \mid c)` in nats, finite on the annulus for every
+        concentration (computed with ``log_softmax``, not the log of an underflowing posterior).
 
     Raises:
         ValueError: for bad input.
     """
-    post = labelled_annulus_posterior(x, n_classes, concentration)
+    # log_softmax, not the log of the softmax: finite even where q(c | x) underflows (large concentration)
+    log_post = torch.log_softmax(_annulus_logits(x, n_classes, concentration), dim=1)
     log_q = annulus_log_prob(x, r_inner=r_inner, r_outer=r_outer)
-    return log_q[:, None] + torch.log(post) + math.log(post.shape[1])
+    return log_q[:, None] + log_post + math.log(log_post.shape[1])
 
 
 def sample_labelled_annulus(n: int, generator: torch.Generator | None = None, device=None, dtype=torch.float32, *,

@@ -148,8 +148,10 @@ class MLPVectorField(nn.Module):
         Raises:
             ValueError: if x is not a tensor of shape (n, d) with d = ``dim``, its dtype differs from the
                 parameters', t has a shape that does not broadcast to (n, 1), or c is given to an unconditional
-                model or is not an int or integer tensor of shape (n,) or (1,). The values are not checked (see
-                the module docstring; a label outside {0, ..., n_classes} fails in ``one_hot``).
+                model or is not an int or integer tensor of shape (n,) or (1,), or an int label outside
+                {0, ..., n_classes}. The values of a label tensor are not checked here (see the module docstring):
+                outside {0, ..., n_classes} they fail in ``one_hot`` (a ValueError on the CPU; on a GPU, a device
+                assertion).
         """
         if not isinstance(x, torch.Tensor) or x.ndim != 2 or x.shape[1] != self.dim or not x.is_floating_point():
             got = f"shape {tuple(x.shape)}, dtype {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
@@ -180,6 +182,8 @@ class MLPVectorField(nn.Module):
         if c is None:
             c = self.n_classes
         if isinstance(c, numbers.Integral) and not isinstance(c, (bool, np.bool_)):
+            if not 0 <= c <= self.n_classes:  # a Python number: checked at no cost
+                raise ValueError(f"c must be a label in 0..{self.n_classes} ({self.n_classes}: no label), got {c!r}")
             c = torch.full((n,), int(c), dtype=torch.long, device=x.device)
         elif not (isinstance(c, torch.Tensor) and c.ndim == 1 and c.shape[0] in (1, n)
                   and not c.is_floating_point() and not c.is_complex() and c.dtype != torch.bool):
@@ -187,7 +191,10 @@ class MLPVectorField(nn.Module):
             raise ValueError(f"c must be None, an int or an integer tensor of shape ({n},) or (1,) with labels in "
                              f"0..{self.n_classes} ({self.n_classes}: no label), got {got}")
         c = c.to(device=x.device, dtype=torch.long).expand(n)
-        return nn.functional.one_hot(c, self.n_classes + 1).to(x.dtype)
+        try:
+            return nn.functional.one_hot(c, self.n_classes + 1).to(x.dtype)
+        except RuntimeError as err:  # one_hot's own range check (on the CPU), named here at no cost to valid calls
+            raise ValueError(f"c must hold labels in 0..{self.n_classes} ({self.n_classes}: no label): {err}") from err
 
     def _frequencies(self, t: torch.Tensor) -> torch.Tensor:
         """The angular frequencies k pi, k = 1..K, in t's dtype (exact in float64 too) and on its device; made once

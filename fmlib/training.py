@@ -450,9 +450,10 @@ def _labelled(model, data, labels, p, data_uniforms):
     if not isinstance(data, torch.Tensor) or data_uniforms is not None:
         raise ValueError("labels need sample_data to be a data tensor of shape (N, d) and data_uniforms=None")
     data = check_points("sample_data (a data tensor)", data)
-    if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 1:
+    if isinstance(n_classes, bool) or not isinstance(n_classes, numbers.Integral) or n_classes < 1:
         raise ValueError(f"labels need a class-conditional model called as model(t, x, c) with n_classes >= 1 "
                          f"(e.g. MLPVectorField(d, n_classes=C)), got a model with n_classes={n_classes!r}")
+    n_classes = int(n_classes)
     if (not isinstance(labels, torch.Tensor) or labels.shape != (data.shape[0],) or labels.is_floating_point()
             or labels.is_complex() or labels.dtype == torch.bool
             or (labels.numel() and not 0 <= int(labels.min()) <= int(labels.max()) < n_classes)):
