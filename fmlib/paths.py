@@ -63,6 +63,11 @@ def _check_pair(x, x_1, x_name: str):
     return x, x_1
 
 
+def _article(word: str) -> str:
+    """'an' before a vowel sound ('an "epsilon"', 'an "x_1"'), else 'a', for error messages."""
+    return "an" if word[:1] in "aeioux" else "a"
+
+
 class GaussianPath:
     r"""Base class of Gaussian conditional paths with :math:`\mu_t(x_1) = \alpha_t x_1` and scalar :math:`\sigma_t`.
 
@@ -247,14 +252,15 @@ class GaussianPath:
 
     # --- predictions: x_1, epsilon, velocity, score -------------------------------------------------------------
     def prediction_coefficients(self, kind: str, t: torch.Tensor):
-        r"""The coefficients :math:`(a_t, c_t)` with which a prediction is :math:`a_t x_1 + c_t \varepsilon`.
+        r"""The coefficients :math:`(\alpha^P_t, \sigma^P_t)` of a prediction
+        :math:`P = \alpha^P_t x_1 + \sigma^P_t \varepsilon`.
 
         Book eq. ``eq-dm-predictions``: on the path :math:`x = \alpha_t x_1 + \sigma_t \varepsilon`
         (:math:`\varepsilon = x_0`), the four targets a network may regress on are linear in the pair
         :math:`(x_1, \varepsilon)`:
 
-        * ``"x_1"``: :math:`x_1` (a = 1, c = 0);
-        * ``"epsilon"``: :math:`\varepsilon` (a = 0, c = 1);
+        * ``"x_1"``: :math:`x_1` (:math:`\alpha^P_t = 1`, :math:`\sigma^P_t = 0`);
+        * ``"epsilon"``: :math:`\varepsilon` (:math:`\alpha^P_t = 0`, :math:`\sigma^P_t = 1`);
         * ``"velocity"``: :math:`\alpha'_t x_1 + \sigma'_t \varepsilon` (the CFM target, ``eq-cond-target``);
         * ``"score"``: :math:`-\varepsilon / \sigma_t = \nabla_x \log p_t(x \mid x_1)`.
 
@@ -266,8 +272,9 @@ class GaussianPath:
             t: times, shape (n, 1) (no checks: see :meth:`convert`).
 
         Returns:
-            ``(a, c)``, each of shape (n, 1).
+            ``(a, c)`` = :math:`(\alpha^P_t, \sigma^P_t)`, each of shape (n, 1).
         """
+        t = torch.as_tensor(t)
         if kind == "x_1":
             return torch.ones_like(t), torch.zeros_like(t)
         if kind == "epsilon":
@@ -293,10 +300,11 @@ class GaussianPath:
     def convert(self, t, x: torch.Tensor, value: torch.Tensor, source: str, target: str) -> torch.Tensor:
         r"""Turn one prediction at :math:`(t, x)` into another: x_1, epsilon, velocity or score.
 
-        Each prediction is :math:`a_t x_1 + c_t \varepsilon` (:meth:`prediction_coefficients`), and the point
-        itself is :math:`x = \alpha_t x_1 + \sigma_t \varepsilon`. Given the ``source`` prediction, these two
-        equations are a 2x2 linear system for :math:`(x_1, \varepsilon)` with determinant
-        :math:`a_t \sigma_t - c_t \alpha_t` (book eq. ``eq-dm-convert``); its solution gives any other prediction.
+        Each prediction is :math:`P = \alpha^P_t x_1 + \sigma^P_t \varepsilon` (:meth:`prediction_coefficients`),
+        and the point itself is :math:`x = \alpha_t x_1 + \sigma_t \varepsilon`. Given the ``source`` prediction,
+        these two equations are a 2x2 linear system for :math:`(x_1, \varepsilon)` with determinant
+        :math:`D_t = \alpha^P_t \sigma_t - \sigma^P_t \alpha_t` (book eq. ``eq-dm-convert``); its solution gives any
+        other prediction.
         Applied to posterior means it maps :math:`\mathbb E[x_1 \mid x_t = x]` to the marginal field
         :math:`u_t(x)` and to the marginal score :math:`\nabla \log p_t(x)` (book eq. ``eq-dm-score``;
         for the score, Tweedie's formula, Efron 2011). The map is affine in ``value`` and exact.
@@ -332,7 +340,8 @@ class GaussianPath:
         bad = (det == 0) | (((sigma <= 0) & ((source == "score") | (target == "score"))))
         if source != target and bool(bad.any()):
             t_bad = float(t[bad.squeeze(1)].min())
-            raise ValueError(f"cannot convert a {source!r} prediction into a {target!r} one at t = {t_bad:.4g} "
+            raise ValueError(f"cannot convert {_article(source)} {source!r} prediction into {_article(target)} "
+                             f"{target!r} one at t = {t_bad:.4g} "
                              f"for {self!r}: alpha_t = {float(alpha[bad].min()):.4g}, sigma_t = "
                              f"{float(sigma[bad].min()):.4g} (the linear system for (x_1, epsilon) is singular)")
         out = self._convert(t, x, value, source, target)

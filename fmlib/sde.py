@@ -51,7 +51,8 @@ def sde_drift(v: VectorField, path: GaussianPath, g, *, source: str = "velocity"
     The network's output is read as the ``source`` prediction (default: a velocity, as fmlib's networks are
     trained) and turned into the velocity and the score with :meth:`fmlib.paths.GaussianPath.convert`'s formulas
     (book eq. ``eq-dm-convert``). For the linear path with sigma_min = 0 the score is
-    :math:`(t\, v - x) / (1 - t)`, which blows up at t = 1 unless :math:`g_t^2` vanishes there as fast.
+    :math:`(t\, v - x) / (1 - t)`, which blows up at t = 1, so the drift stays bounded there only if
+    :math:`g_t^2 = O(1 - t)` (e.g. :math:`g_t = 1 - t`; :math:`g_t \to 0` alone is not enough).
 
     Args:
         v: the network, called as ``v(t, x)`` (t a 0-d tensor or shape (n, 1), x of shape (n, d)).
@@ -79,7 +80,10 @@ def sde_drift(v: VectorField, path: GaussianPath, g, *, source: str = "velocity"
         out = v(t, x)
         u_t = path._convert(tt, x, out, source, "velocity")
         score = path._convert(tt, x, out, source, "score")
-        return u_t + 0.5 * g(t) ** 2 * score
+        g_t = g(t)
+        if isinstance(g_t, torch.Tensor) and g_t.ndim > 0:  # one time per row: (n,) -> (n, 1)
+            g_t = g_t.reshape(-1, 1)
+        return u_t + 0.5 * g_t ** 2 * score
 
     return drift
 
@@ -92,8 +96,9 @@ def euler_maruyama(b: VectorField, x_0: torch.Tensor, g, n_steps: int = 100, *,
 
     Step k evaluates the drift and the noise scale at :math:`t_k = t_{start} + k h`,
     :math:`h = (t_{end} - t_{start}) / K`, never at ``t_end`` itself (where the score of a path with
-    :math:`\sigma_1 = 0` is infinite). Strong order 1/2, weak order 1; with ``g = 0`` it is Euler's method,
-    :func:`fmlib.solve` with ``method="euler"``. Runs under ``torch.no_grad()``.
+    :math:`\sigma_1 = 0` is infinite). For a smooth drift and this additive noise (g depends on t only): strong
+    order 1 (it coincides with Milstein's scheme there) and weak order 1 (Kloeden and Platen 1992); with
+    ``g = 0`` it is Euler's method, :func:`fmlib.solve` with ``method="euler"``. Runs under ``torch.no_grad()``.
 
     Args:
         b: drift ``b(t, x)``: t a 0-d tensor of x's dtype, x of shape (n, d) -> shape (n, d); e.g.
@@ -147,6 +152,6 @@ def euler_maruyama(b: VectorField, x_0: torch.Tensor, g, n_steps: int = 100, *,
                 trajectory.append(x)
     if not bool(torch.isfinite(x).all()):  # once per solve, not per step
         raise ValueError(f"the solution is not finite: b(t, x) or g(t) produced NaN/inf, or {n_steps} steps were "
-                         f"too few for the drift (try more steps or a noise scale that vanishes where the score "
-                         f"blows up)")
+                         f"too few for the drift (try more steps or a noise scale whose square "
+                         f"vanishes like 1 - t where the score blows up)")
     return (x, torch.stack(trajectory)) if return_trajectory else x

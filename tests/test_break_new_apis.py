@@ -177,3 +177,17 @@ def test_digits_bits_per_dim_refuses_plus_inf_but_keeps_minus_inf():
 def test_digits_to_pixels_wrong_width_names_x():
     with pytest.raises(ValueError, match="d = 10 from x's columns"):
         digits_to_pixels(torch.zeros(2, 10), torch.zeros(64, dtype=torch.float64), torch.ones(64, dtype=torch.float64))
+
+
+def test_sde_drift_with_one_time_per_row_matches_row_by_row():
+    path = fmlib.LinearPath(0.0)
+    x = torch.randn(2, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    t = torch.tensor([0.2, 0.6], dtype=torch.float64)
+    drift = fmlib.sde_drift(lambda t, x: -x, path, lambda t: t)
+    rows = torch.stack([drift(t[i], x[i:i + 1])[0] for i in range(2)])
+    assert torch.allclose(drift(t, x), rows)
+
+
+def test_prediction_coefficients_take_a_float_time():
+    a, c = fmlib.LinearPath(0.0).prediction_coefficients("velocity", 0.5)
+    assert float(a) == 1.0 and float(c) == -1.0

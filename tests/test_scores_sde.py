@@ -87,7 +87,7 @@ def test_conversion_singularities_raise():
     path, x = LinearPath(0.0), torch.zeros(3, 2)
     with pytest.raises(ValueError, match="t = 1"):
         path.convert(1.0, x, x, "x_1", "velocity")
-    with pytest.raises(ValueError, match="t = 0"):
+    with pytest.raises(ValueError, match="an 'epsilon' prediction into an 'x_1' one at t = 0"):
         path.convert(0.0, x, x, "epsilon", "x_1")
     with pytest.raises(ValueError, match="t = 0"):
         path.convert(0.0, x, x, "score", "velocity")
