@@ -5,7 +5,7 @@ If the vector field :math:`u_t` generates the probability path :math:`p_t`, then
 :math:`g_t \ge 0` the SDE (book eq. ``eq-dm-sde``; Song et al. 2021, whose reverse-time SDE and probability flow
 ODE are the cases :math:`g_t^2 = \beta` and :math:`g_t = 0` for the VP path)
 
-.. math:: dX_t = \big[u_t(X_t) + \tfrac{g_t^2}{2} \nabla \log p_t(X_t)\big]\, dt + g_t\, dW_t
+.. math:: dX_t = \big[u_t(X_t) + \tfrac{g_t^2}{2} \nabla \log p_t(X_t)\big]\, dt + g_t\, dB_t
 
 has the same marginals :math:`p_t`: the score term's contribution to the Fokker-Planck equation cancels the
 diffusion's (book eq. ``eq-dm-fokker-planck``). :func:`sde_drift` builds this drift from a velocity field alone,
@@ -91,7 +91,7 @@ def sde_drift(v: VectorField, path: GaussianPath, g, *, source: str = "velocity"
 def euler_maruyama(b: VectorField, x_0: torch.Tensor, g, n_steps: int = 100, *,
                    generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
                    t_start: float = 0.0, t_end: float = 1.0, return_trajectory: bool = False):
-    r"""Integrate :math:`dX_t = b_t(X_t)\, dt + g_t\, dW_t` from ``t_start`` to ``t_end`` with K fixed
+    r"""Integrate :math:`dX_t = b_t(X_t)\, dt + g_t\, dB_t` from ``t_start`` to ``t_end`` with K fixed
     Euler-Maruyama steps (book eq. ``eq-dm-euler-maruyama``; Kloeden and Platen 1992, Sec. 9.1).
 
     Step k evaluates the drift and the noise scale at :math:`t_k = t_{start} + k h`,
@@ -109,7 +109,7 @@ def euler_maruyama(b: VectorField, x_0: torch.Tensor, g, n_steps: int = 100, *,
         n_steps: number of steps K, a positive int (default 100).
         generator: optional ``torch.Generator`` on x_0's device for the Gaussian increments.
         noise: optional standard normal draws :math:`\xi_k`, shape (n_steps, n, d), used instead of drawing them
-            (to follow a given Brownian path: :math:`\xi_k = (W_{t_{k+1}} - W_{t_k}) / \sqrt h`).
+            (to follow a given Brownian path: :math:`\xi_k = (B_{t_{k+1}} - B_{t_k}) / \sqrt h`).
         t_start, t_end: the interval, numbers in [0, 1] with t_start < t_end.
         return_trajectory: also return the points at all K + 1 grid times.
 
