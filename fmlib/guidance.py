@@ -142,7 +142,7 @@ class ClassMarginals(NamedTuple):
         (Bayes' rule; the columns of ``exp`` sum to 1).
 
         Raises:
-            ValueError: as :meth:`fmlib.EmpiricalMarginal.log_prob`.
+            ValueError: as :meth:`fmlib.marginal.EmpiricalMarginal.log_prob`.
         """
         log_px = self.overall.log_prob(t, x)
         cols = [math.log(float(p)) + m.log_prob(t, x) - log_px for p, m in zip(self.priors, self.classes)]
@@ -302,7 +302,7 @@ def labelled_annulus_log_prob(x: torch.Tensor, n_classes: int = 3, concentration
         r_inner, r_outer: the annulus' radii, as :func:`fmlib.sample_annulus`.
 
     Returns:
-        shape (n, C): column c holds :math:`\log q(x \mid c)` in nats, finite on the annulus for every
+        an (n, C) tensor whose column c holds :math:`\log q(x \mid c)` in nats, finite on the annulus for every
         concentration (computed with ``log_softmax``, not the log of an underflowing posterior).
 
     Raises:

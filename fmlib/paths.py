@@ -31,8 +31,8 @@ from ._checks import as_time, check_choice, check_finite, check_points, check_si
 
 __all__ = ["PathSample", "GaussianPath", "LinearPath", "VPDiffusionPath", "PREDICTIONS"]
 
-#: what a network may predict at (t, x): the data point, the noise, the velocity or the score (book chapter
-#: "Flow matching and diffusion", eq. ``eq-dm-predictions``)
+#: The four quantities a network may predict at (t, x) -- the data point, the noise, the velocity or the score
+#: (book chapter "Flow matching and diffusion", eq. ``eq-dm-predictions``).
 PREDICTIONS = ("x_1", "epsilon", "velocity", "score")
 
 
