@@ -5,8 +5,11 @@ For labelled data :math:`(x_1, c)` with labels c in {0, ..., C - 1}, the conditi
 path of the class's data, and its field :math:`u_t(x \mid c)` is the marginal field of that class (book eq.
 ``eq-cfg-conditional-field``). Classifier-free guidance (Ho & Salimans 2022) samples with the guided field
 
-.. math:: \tilde v_w(t, x, c) = (1 + w)\, v(t, x, c) - w\, v(t, x, \varnothing)
-          = v(t, x, c) + w\,\big(v(t, x, c) - v(t, x, \varnothing)\big)
+.. math::
+
+   \tilde v_w(t, x, c) = (1 + w)\, v(t, x, c) - w\, v(t, x, \varnothing),
+
+   \tilde v_w(t, x, c) = v(t, x, c) + w\,\big(v(t, x, c) - v(t, x, \varnothing)\big)
 
 (book eq. ``eq-cfg-guided-field``), with :math:`\varnothing` "no label": w = 0 is the conditional field, w = -1 the
 unconditional one. This is the convention of Meta's ``flow_matching`` (``(1 + w) cond - w uncond``). The other
