@@ -32,6 +32,7 @@ from fmlib import MLPVectorField, sample_annulus
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results.json"
+CHAPTER_BUDGET = 120  # seconds a chapter may take cold on 2 CPU cores
 
 
 # --- helpers -----------------------------------------------------------------------------------------------------
@@ -224,7 +225,7 @@ def bench_training(n_steps, reps, device):
     return {"device": str(device), "n_steps": n_steps, "reps": reps,
             "seconds": {k: spread(v) for k, v in times.items()},
             "ms_per_step": {k: 1e3 * statistics.median(v) / n_steps for k, v in times.items()},
-            "speedup_fmlib_vs_seed": spread(ratios), "target": ">= 2x"}
+            "speedup_fmlib_vs_seed": spread(ratios)}
 
 
 # --- 2. sampler overhead -----------------------------------------------------------------------------------------
@@ -374,7 +375,8 @@ def bench_book():
                 rebuild[path.stem] = _execute(path)
                 print(f"   {path.stem} again, with the cached weights: {rebuild[path.stem]:.1f} s", flush=True)
     return {"chapter_seconds": first, "book_seconds": sum(first.values()), "rebuild_seconds": rebuild,
-            "book_rebuild_seconds": sum(rebuild.get(k, v) for k, v in first.items()), "target_book_seconds": 180}
+            "book_rebuild_seconds": sum(rebuild.get(k, v) for k, v in first.items()),
+            "chapter_budget_seconds": CHAPTER_BUDGET}
 
 
 def bench_pytest():
@@ -382,7 +384,18 @@ def bench_pytest():
     proc = subprocess.run([sys.executable, "-m", "pytest", "--nbval", "-q", "-p", "no:cacheprovider"], cwd=ROOT,
                           capture_output=True, text=True)
     return {"seconds": time.perf_counter() - t0, "exit_code": proc.returncode,
-            "summary": proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else "", "target_seconds": 300}
+            "summary": proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""}
+
+
+def ci_from_log(path: Path) -> dict:
+    """The phases' seconds that ``.ci/run`` printed ("ci: book built in 612 s", ...) in the log ``path`` of a run."""
+    import re
+
+    phases = {m.group(1): int(m.group(2))
+              for m in re.finditer(r"^ci: (.+?) in (\d+) s$", path.read_text(), flags=re.MULTILINE)}
+    if "second pass passed" not in phases:
+        raise SystemExit(f"{path} is not the log of a CI run that passed (no 'ci: second pass passed in N s' line)")
+    return {"phases": phases, "total_seconds": sum(phases.values()), "log": path.name}
 
 
 # --- table and main ----------------------------------------------------------------------------------------------
@@ -416,7 +429,7 @@ def format_table(res) -> str:
         lines += ["", f"1. Training throughput on {dev}, {tr['n_steps']} steps x {tr['reps']} repetitions",
                   f"   seed-style DataLoader loop : {tr['ms_per_step']['seed_dataloader']:.3f} ms/step",
                   f"   fmlib.train_cfm            : {tr['ms_per_step']['fmlib_train_cfm']:.3f} ms/step",
-                  f"   speed-up (seed / fmlib)    : {_fmt_spread(tr['speedup_fmlib_vs_seed'], 'x')}   target >= 2x"]
+                  f"   speed-up (seed / fmlib)    : {_fmt_spread(tr['speedup_fmlib_vs_seed'], 'x')}"]
     for dev, sm in res.get("sampler", {}).items():
         lines += ["", f"2. Sampler time relative to fmlib.solve on {dev} (ratio > 1: slower than fmlib), "
                       f"max |difference| of the samples"]
@@ -442,13 +455,18 @@ def format_table(res) -> str:
     if "book" in res:
         b = res["book"]
         lines += ["", f"4. Book cost: whole book {b['book_seconds']:.0f} s for a first build (every model trained), "
-                      f"{b.get('book_rebuild_seconds', b['book_seconds']):.0f} s for a rebuild (target <= 180 s)"]
+                      f"{b.get('book_rebuild_seconds', b['book_seconds']):.0f} s for a rebuild; budget "
+                      f"{CHAPTER_BUDGET} s a chapter"]
         lines += [f"   {k:28s} {v:6.1f} s" + (f"   rebuild {b['rebuild_seconds'][k]:5.1f} s"
                                                if k in b.get("rebuild_seconds", {}) else "")
+                  + ("   OVER BUDGET" if v > CHAPTER_BUDGET else "")
                   for k, v in b["chapter_seconds"].items()]
     if "pytest" in res:
         p = res["pytest"]
-        lines.append(f"   pytest --nbval: {p['seconds']:.0f} s (target <= 300 s), exit {p['exit_code']}: {p['summary']}")
+        lines.append(f"   pytest --nbval: {p['seconds']:.0f} s, exit {p['exit_code']}: {p['summary']}")
+    if "ci" in res:
+        lines.append("   CI (.ci/run): " + ", ".join(f"{k} {v} s" for k, v in res["ci"]["phases"].items())
+                     + f"; {res['ci']['total_seconds']} s in all")
     return "\n".join(lines)
 
 
@@ -459,6 +477,7 @@ def main(argv=None):
                                                              "pytest"],
                     help="parts to leave out")
     ap.add_argument("--output", type=Path, default=RESULTS, help="where to write the JSON (default: %(default)s)")
+    ap.add_argument("--ci-log", type=Path, help="the log of a CI run (bash .ci/run > LOG) whose phase times to record")
     ap.add_argument("--update", action="store_true",
                     help="keep the parts of an existing output file that this run skips (re-measure only some parts)")
     args = ap.parse_args(argv)
@@ -489,8 +508,10 @@ def main(argv=None):
         res["book"] = bench_book()
     if "pytest" not in args.skip:
         res["pytest"] = bench_pytest()
+    if args.ci_log:
+        res["ci"] = ci_from_log(args.ci_log)
     res["total_seconds"] = time.perf_counter() - t_start
-    for part in ("overhead", "compile", "training", "sampler", "quality", "book", "pytest"):
+    for part in ("overhead", "compile", "training", "sampler", "quality", "book", "pytest", "ci"):
         if part not in res and part in old:
             res[part] = old[part]
             res.setdefault("kept_from_earlier_run", []).append(part)
