@@ -33,6 +33,7 @@ from fmlib import MLPVectorField, sample_annulus
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results.json"
 CHAPTER_BUDGET = 120  # seconds a chapter may take cold on 2 CPU cores
+PARTS = ("overhead", "compile", "training", "sampler", "quality", "book", "pytest")
 
 
 # --- helpers -----------------------------------------------------------------------------------------------------
@@ -474,8 +475,7 @@ def format_table(res) -> str:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer repetitions and steps (smoke test)")
-    ap.add_argument("--skip", nargs="*", default=[], choices=["overhead", "compile", "training", "sampler", "quality", "book",
-                                                             "pytest"],
+    ap.add_argument("--skip", nargs="*", default=[], choices=PARTS,
                     help="parts to leave out")
     ap.add_argument("--output", type=Path, default=RESULTS, help="where to write the JSON (default: %(default)s)")
     ap.add_argument("--ci-log", type=Path, help="the log of a CI run (bash .ci/run > LOG) whose phase times to record")
@@ -511,8 +511,14 @@ def main(argv=None):
         res["pytest"] = bench_pytest()
     if args.ci_log:
         res["ci"] = ci_from_log(args.ci_log)
-    res["total_seconds"] = time.perf_counter() - t_start
-    for part in ("overhead", "compile", "training", "sampler", "quality", "book", "pytest", "ci"):
+    measured = [p for p in PARTS if p not in args.skip]
+    if args.update and not measured and old:  # only a CI log added: the rest of the file stays as it was
+        old["ci"] = res["ci"]
+        res = old
+        res.pop("table", None)
+    else:
+        res["total_seconds"] = time.perf_counter() - t_start
+    for part in (*PARTS, "ci"):
         if part not in res and part in old:
             res[part] = old[part]
             res.setdefault("kept_from_earlier_run", []).append(part)
