@@ -310,6 +310,8 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--output", type=Path, default=OUTPUT)
     args = parser.parse_args(argv)
+    from run import cpu_model  # benchmarks/run.py, next to this script
+
     device = torch.device(args.device)
     budgets = sorted(args.budgets)
     gen = torch.Generator().manual_seed(123)
@@ -318,7 +320,7 @@ def main(argv=None) -> int:
     res = {"date": datetime.date.today().isoformat(), "device": str(device), "seeds": args.seeds,
            "budgets": budgets, "n_points": args.n_points, "entropy": fmlib.annulus_entropy(),
            "sliced_w2_floor": floor, "sources": SOURCES, "best_config": recipes.BEST_ANNULUS_CONFIG,
-           "machine": {"cpu": _cpu(), "cores": os.cpu_count(), "torch": torch.__version__,
+           "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
                        "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
                        "cuda": torch.cuda.get_device_name(0) if device.type == "cuda" else None},
            "command": " ".join(["python benchmarks/time_to_quality.py", *(argv if argv is not None else sys.argv[1:])]),
@@ -351,16 +353,6 @@ def main(argv=None) -> int:
     print(res["table"])
     args.output.write_text(json.dumps(res, indent=1) + "\n")
     return 0
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":
